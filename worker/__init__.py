@@ -1,0 +1,1 @@
+"""The conversion worker: Celery tasks and the Spark-to-MDS conversion."""

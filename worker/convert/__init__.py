@@ -1,0 +1,1 @@
+"""Spark-to-MDS conversion. pyspark is imported only inside this package."""
