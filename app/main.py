@@ -1,0 +1,79 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from app.auth import BearerAuthMiddleware
+from app.errors import install_error_handlers
+from app.outbox import OutboxSweeper
+from app.routes import health, jobs
+from app.service import TASK_NAME, Enqueuer, JobService
+from app.settings import AppSettings, get_app_settings
+from app.targets import parse_allow_list
+from worker.celery_app import make_celery
+from worker.jobs import RedisJobStore
+from worker.metrics import RedisJobCollector
+
+log = logging.getLogger("app.main")
+
+
+def celery_enqueuer(settings: AppSettings) -> Enqueuer:
+    """Send ``conversion.run(job_id)`` by name: the API never imports the conversion code."""
+    celery = make_celery(settings)
+
+    def enqueue(job_id: str) -> None:
+        celery.send_task(TASK_NAME, args=[job_id], queue=settings.celery_queue)
+
+    return enqueue
+
+
+def create_app(settings: AppSettings | None = None, *, enqueue: Enqueuer | None = None) -> FastAPI:
+    """Build the service. ``enqueue`` replaces the Celery producer (tests, benchmarks)."""
+    settings = settings or get_app_settings()
+    if settings.auth_disabled:
+        log.warning("auth.disabled: every request is accepted without a token (development only)")
+    elif not settings.api_tokens:
+        log.warning("auth.no_tokens: no APP_API_TOKENS configured, every /v1 request gets 401")
+    store = RedisJobStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
+    service = JobService(
+        store,
+        enqueue or celery_enqueuer(settings),
+        parse_allow_list(settings.effective_allowed_targets()),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sweeper = OutboxSweeper(
+            service,
+            store.client,
+            f"{settings.redis_prefix}:outbox-lock",
+            delay=settings.outbox_delay,
+            interval=settings.outbox_interval,
+        )
+        app.state.sweeper = sweeper
+        sweeper.start()
+        yield
+        sweeper.stop()
+        store.client.close()
+
+    app = FastAPI(
+        title="mds-convert",
+        version="1",
+        summary="Convert Spark tables into MDS shard datasets on object storage.",
+        lifespan=lifespan,
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisJobCollector(store, settings.celery_queue))
+    app.state.settings, app.state.store, app.state.service = settings, store, service
+    app.state.registry = registry
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    install_error_handlers(app)
+    app.add_middleware(BearerAuthMiddleware, settings=settings)
+    return app

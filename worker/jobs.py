@@ -1,0 +1,408 @@
+"""Job records and their store: the one source of truth shared by the API and the worker.
+
+A record lives as JSON under ``<prefix>:job:<id>`` in Redis. It changes only through atomic
+compare-and-set transitions (``WATCH``/``MULTI``) from an expected state, along the edges of
+``TRANSITIONS``; each transition is appended to the record's ``transitions`` log so that tests (and
+operators) can see that no impossible edge was ever taken.
+
+Indexes (sorted sets with score 0, ordered by member, because job ids sort by creation time):
+``<prefix>:jobs`` (every job) and ``<prefix>:state:<state>`` (one per state). ``<prefix>:outbox``
+holds jobs stored but not yet handed to the broker, so that an enqueue that failed is retried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal, Protocol
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+# running -> running is a redelivery (the previous worker died); it bumps `attempts`.
+# cancelling -> succeeded | failed records the truth when a conversion finished (published, or
+# failed) before it could notice the cancel request.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLING}),
+    JobState.RUNNING: frozenset(
+        {JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLING}
+    ),
+    JobState.CANCELLING: frozenset({JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+def is_allowed(source: JobState, target: JobState) -> bool:
+    return target in TRANSITIONS[source]
+
+
+class JobStoreError(Exception):
+    """Base of the store's domain errors (never an HTTP status: the API maps them)."""
+
+
+class JobNotFoundError(JobStoreError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+
+class InvalidTransitionError(JobStoreError):
+    def __init__(self, job_id: str, current: JobState, target: JobState) -> None:
+        super().__init__(job_id, current, target)
+        self.job_id, self.current, self.target = job_id, current, target
+
+    def __str__(self) -> str:
+        return f"job {self.job_id}: cannot go from {self.current} to {self.target}"
+
+
+class IdempotencyConflictError(JobStoreError):
+    def __init__(self, key: str, job_id: str) -> None:
+        super().__init__(key, job_id)
+        self.key, self.job_id = key, job_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_job_id() -> str:
+    """A 28-hex-char id that sorts by creation time (ms), then randomly within a millisecond."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(8)}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobRequest(_Model):
+    """A validated, normalised conversion request (as stored and as returned by the API)."""
+
+    source_table: str
+    target: str
+    compression: str | None = "zstd"
+    hashes: list[str] = Field(default_factory=lambda: ["xxh64"])
+    size_limit: int = 1 << 26
+    columns: dict[str, str | None] | None = None
+    partitions: int | None = None
+    mode: Literal["error", "overwrite"] = "error"
+
+    def fingerprint(self) -> str:
+        """A digest of the normalised request, to compare idempotent submissions."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+class JobProgress(_Model):
+    rows_written: int = 0
+    shards_written: int = 0
+    bytes_written: int = 0
+    partitions_done: int = 0
+    partitions_total: int = 0
+
+
+class JobResult(_Model):
+    index_url: str
+    samples: int
+    shards: int
+    raw_bytes: int
+    zip_bytes: int
+    columns: dict[str, str]
+
+
+class JobError(_Model):
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class TransitionEntry(_Model):
+    """One edge taken by the record (``from`` is a keyword, hence ``source``/``target``)."""
+
+    source: JobState | None
+    target: JobState
+    at: datetime
+    attempt: int
+
+
+class JobRecord(_Model):
+    id: str
+    state: JobState = JobState.QUEUED
+    request: JobRequest
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: JobProgress = Field(default_factory=JobProgress)
+    result: JobResult | None = None
+    error: JobError | None = None
+    attempts: int = 0
+    transitions: list[TransitionEntry] = Field(default_factory=list)
+
+    @classmethod
+    def new(cls, request: JobRequest) -> JobRecord:
+        now = utcnow()
+        entry = TransitionEntry(source=None, target=JobState.QUEUED, at=now, attempt=0)
+        return cls(
+            id=new_job_id(), request=request, created_at=now, updated_at=now, transitions=[entry]
+        )
+
+    def moved_to(self, target: JobState) -> JobRecord:
+        """A copy in state ``target`` (edge checked), with timestamps and the transition log."""
+        if not is_allowed(self.state, target):
+            raise InvalidTransitionError(self.id, self.state, target)
+        now = utcnow()
+        record = self.model_copy(deep=True)
+        if target is JobState.RUNNING:
+            record.attempts += 1
+            record.started_at = record.started_at or now
+        if target in FINAL_STATES:
+            record.finished_at = now
+        record.transitions.append(
+            TransitionEntry(source=self.state, target=target, at=now, attempt=record.attempts)
+        )
+        record.state, record.updated_at = target, now
+        return record
+
+
+Mutation = Callable[[JobRecord], None]
+
+
+class JobStore(Protocol):
+    """Where job records live. Every state change is a compare-and-set transition."""
+
+    def ping(self) -> None: ...
+
+    def create(
+        self, record: JobRecord, *, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]: ...
+
+    def get(self, job_id: str) -> JobRecord: ...
+
+    def list(
+        self, *, state: JobState | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]: ...
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobState,
+        *,
+        expected: Collection[JobState],
+        mutate: Mutation | None = None,
+    ) -> JobRecord: ...
+
+    def update(
+        self, job_id: str, mutate: Mutation, *, expected: Collection[JobState]
+    ) -> JobRecord | None: ...
+
+    def pending_enqueue(self, older_than: float) -> list[str]: ...
+
+    def mark_enqueued(self, job_id: str) -> None: ...
+
+    def count_by_state(self) -> dict[JobState, int]: ...
+
+
+class RedisJobStore:
+    """The Redis implementation of :class:`JobStore`."""
+
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "mdsconvert", idempotency_ttl: int = 86400
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.idempotency_ttl = idempotency_ttl
+        self._acquire = client.register_script(_ACQUIRE_LUA)
+        self._renew = client.register_script(_RENEW_LUA)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "mdsconvert") -> RedisJobStore:
+        # Short timeouts: a dead Redis must turn into a quick 503, not a hung request.
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=10
+        )
+        return cls(client, prefix=prefix)
+
+    # keys
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def state_key(self, state: JobState) -> str:
+        return f"{self.prefix}:state:{state}"
+
+    @property
+    def all_key(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def outbox_key(self) -> str:
+        return f"{self.prefix}:outbox"
+
+    def lease_key(self, job_id: str) -> str:
+        return f"{self.prefix}:lease:{job_id}"
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def create(
+        self, record: JobRecord, *, idempotency_key: str | None = None
+    ) -> tuple[JobRecord, bool]:
+        """Store a new record (and its outbox entry); an idempotent replay returns the original.
+
+        Returns:
+            ``(record, created)``; ``created`` is False when ``idempotency_key`` matched an
+            earlier submission with the same request.
+        """
+        idem_key = f"{self.prefix}:idem:{idempotency_key}" if idempotency_key else None
+        fingerprint = record.request.fingerprint()
+
+        def attempt(pipe: redis.client.Pipeline) -> tuple[JobRecord, bool]:
+            if idem_key is not None:
+                existing = pipe.get(idem_key)
+                if existing is not None:
+                    job_id, _, seen = existing.decode().partition(" ")
+                    if seen != fingerprint:
+                        raise IdempotencyConflictError(idempotency_key or "", job_id)
+                    return self._load(pipe.get(self.job_key(job_id)), job_id), False
+            pipe.multi()
+            pipe.set(self.job_key(record.id), record.model_dump_json())
+            pipe.zadd(self.all_key, {record.id: 0})
+            pipe.zadd(self.state_key(record.state), {record.id: 0})
+            pipe.zadd(self.outbox_key, {record.id: time.time()})
+            if idem_key is not None:
+                pipe.set(idem_key, f"{record.id} {fingerprint}", ex=self.idempotency_ttl)
+            return record, True
+
+        watches = [idem_key] if idem_key else []
+        return self.client.transaction(attempt, *watches, value_from_callable=True)
+
+    def get(self, job_id: str) -> JobRecord:
+        return self._load(self.client.get(self.job_key(job_id)), job_id)
+
+    def list(
+        self, *, state: JobState | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[JobRecord], str | None]:
+        """Newest first; ``cursor`` is the last id of the previous page (exclusive)."""
+        key = self.state_key(state) if state else self.all_key
+        upper = f"({cursor}" if cursor else "+"
+        ids = [i.decode() for i in self.client.zrevrangebylex(key, upper, "-", 0, limit + 1)]
+        page, more = ids[:limit], len(ids) > limit
+        raws = self.client.mget([self.job_key(i) for i in page]) if page else []
+        # A record deleted between the two reads is skipped rather than failing the page.
+        records = [self._load(raw, i) for i, raw in zip(page, raws) if raw is not None]
+        return records, (page[-1] if more else None)
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobState,
+        *,
+        expected: Collection[JobState],
+        mutate: Mutation | None = None,
+    ) -> JobRecord:
+        """Atomically move a job from one of ``expected`` to ``target`` and apply ``mutate``.
+
+        Raises:
+            JobNotFoundError: no such job.
+            InvalidTransitionError: the job is not in an expected state, or the edge is not allowed.
+        """
+        key = self.job_key(job_id)
+
+        def attempt(pipe: redis.client.Pipeline) -> JobRecord:
+            current = self._load(pipe.get(key), job_id)
+            if current.state not in expected:
+                raise InvalidTransitionError(job_id, current.state, target)
+            record = current.moved_to(target)
+            if mutate is not None:
+                mutate(record)
+            pipe.multi()
+            pipe.set(key, record.model_dump_json())
+            pipe.zrem(self.state_key(current.state), job_id)
+            pipe.zadd(self.state_key(target), {job_id: 0})
+            return record
+
+        return self.client.transaction(attempt, key, value_from_callable=True)
+
+    def update(
+        self, job_id: str, mutate: Mutation, *, expected: Collection[JobState]
+    ) -> JobRecord | None:
+        """Change non-state fields (progress) only while the job is in ``expected``; else None."""
+        key = self.job_key(job_id)
+
+        def attempt(pipe: redis.client.Pipeline) -> JobRecord | None:
+            record = self._load(pipe.get(key), job_id)
+            if record.state not in expected:
+                return None
+            mutate(record)
+            record.updated_at = utcnow()
+            pipe.multi()
+            pipe.set(key, record.model_dump_json())
+            return record
+
+        return self.client.transaction(attempt, key, value_from_callable=True)
+
+    def pending_enqueue(self, older_than: float) -> list[str]:
+        """Ids stored more than ``older_than`` seconds ago whose enqueue was never confirmed."""
+        ceiling = time.time() - older_than
+        return [i.decode() for i in self.client.zrangebyscore(self.outbox_key, "-inf", ceiling)]
+
+    def mark_enqueued(self, job_id: str) -> None:
+        self.client.zrem(self.outbox_key, job_id)
+
+    def count_by_state(self) -> dict[JobState, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for state in JobState:
+            pipe.zcard(self.state_key(state))
+        return dict(zip(JobState, pipe.execute()))
+
+    # leases: which worker is running a job right now
+    def acquire_lease(self, job_id: str, owner: str, ttl: float) -> float | None:
+        """Take (or keep) the job's lease; None on success, else seconds until it expires."""
+        remaining = self._acquire(keys=[self.lease_key(job_id)], args=[owner, int(ttl * 1000)])
+        return None if remaining < 0 else remaining / 1000
+
+    def renew_lease(self, job_id: str, owner: str, ttl: float) -> bool:
+        """Extend our lease; False if it was lost (expired and taken by another worker)."""
+        return bool(self._renew(keys=[self.lease_key(job_id)], args=[owner, int(ttl * 1000)]))
+
+    def release_lease(self, job_id: str, owner: str) -> None:
+        self._renew(keys=[self.lease_key(job_id)], args=[owner, 0])
+
+    @staticmethod
+    def _load(raw: bytes | None, job_id: str) -> JobRecord:
+        if raw is None:
+            raise JobNotFoundError(job_id)
+        return JobRecord.model_validate_json(raw)
+
+
+# Returns -1 when the caller holds the lease now, else the holder's remaining milliseconds.
+_ACQUIRE_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder == false or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return -1
+end
+return redis.call('PTTL', KEYS[1])
+"""
+
+# Renew (ttl > 0) or release (ttl == 0) only while the caller still holds the lease.
+_RENEW_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[2]) > 0 then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return redis.call('DEL', KEYS[1])
+"""

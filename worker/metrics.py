@@ -1,0 +1,96 @@
+"""Prometheus metrics computed from Redis at scrape time.
+
+Workers only increment counters in one Redis hash (``<prefix>:metrics``); the API's collector reads
+that hash, the state indexes and the broker queue when ``/metrics`` is scraped. Nothing lives in a
+process's memory, so any number of API replicas report the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import redis
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from worker.jobs import JobState, RedisJobStore
+
+DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
+
+
+def metrics_key(prefix: str) -> str:
+    return f"{prefix}:metrics"
+
+
+def record_finished(
+    client: redis.Redis,
+    prefix: str,
+    *,
+    state: JobState,
+    duration: float,
+    rows: int,
+    bytes_written: int,
+) -> None:
+    """Count one finished job (called by the worker after its final transition)."""
+    key = metrics_key(prefix)
+    pipe = client.pipeline(transaction=True)
+    pipe.hincrby(key, f"finished:{state}", 1)
+    pipe.hincrby(key, "rows", rows)
+    pipe.hincrby(key, "bytes", bytes_written)
+    pipe.hincrbyfloat(key, "duration_sum", duration)
+    pipe.hincrby(key, "duration_count", 1)
+    for bound in DURATION_BUCKETS:
+        if duration <= bound:
+            pipe.hincrby(key, f"duration_le:{bound}", 1)
+    pipe.execute()
+
+
+class RedisJobCollector(Collector):
+    """Jobs by state, queue depth, finished jobs, rows, bytes and conversion durations."""
+
+    def __init__(self, store: RedisJobStore, queue: str) -> None:
+        self.store = store
+        self.queue = queue
+
+    def collect(self) -> Iterator[object]:
+        client = self.store.client
+        counts = self.store.count_by_state()
+        depth = client.llen(self.queue)
+        raw = {
+            k.decode(): float(v) for k, v in client.hgetall(metrics_key(self.store.prefix)).items()
+        }
+        jobs = GaugeMetricFamily("mds_convert_jobs", "Jobs by current state", labels=["state"])
+        for state, count in counts.items():
+            jobs.add_metric([str(state)], count)
+        yield jobs
+        yield GaugeMetricFamily(
+            "mds_convert_queue_depth", "Messages waiting on the broker queue", value=depth
+        )
+        finished = CounterMetricFamily(
+            "mds_convert_jobs_finished", "Jobs that reached a final state", labels=["state"]
+        )
+        for state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+            finished.add_metric([str(state)], raw.get(f"finished:{state}", 0.0))
+        yield finished
+        yield CounterMetricFamily(
+            "mds_convert_rows_written", "Rows written by succeeded jobs", value=raw.get("rows", 0)
+        )
+        yield CounterMetricFamily(
+            "mds_convert_bytes_written", "Shard bytes written", value=raw.get("bytes", 0)
+        )
+        yield self._durations(raw)
+
+    @staticmethod
+    def _durations(raw: dict[str, float]) -> HistogramMetricFamily:
+        buckets = [(str(b), raw.get(f"duration_le:{b}", 0.0)) for b in DURATION_BUCKETS]
+        buckets.append(("+Inf", raw.get("duration_count", 0.0)))
+        return HistogramMetricFamily(
+            "mds_convert_conversion_duration_seconds",
+            "Wall time of finished conversions",
+            buckets=buckets,
+            sum_value=raw.get("duration_sum", 0.0),
+        )

@@ -1,0 +1,71 @@
+"""Process settings shared by the API and the worker, and the worker's own settings.
+
+Settings are built in factories (never at import). Values shared by both processes (the Redis URL,
+the S3 endpoint, Spark, the data directory, the queue and key prefix) use unprefixed environment
+names so that one docker-compose value reaches both; the rest use ``APP_`` / ``WORKER_`` prefixes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _shared(env: str, default: Any, **kwargs: Any) -> Any:
+    """A field read from the unprefixed variable ``env`` (or by its own name when constructed)."""
+    return Field(default, validation_alias=AliasChoices(env.lower(), env), **kwargs)
+
+
+class SharedSettings(BaseSettings):
+    """Values that the API and the worker must agree on."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    redis_url: str = _shared("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_prefix: str = _shared("REDIS_PREFIX", "mdsconvert", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    celery_queue: str = _shared("CELERY_QUEUE", "conversion", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    s3_endpoint_url: str | None = _shared("S3_ENDPOINT_URL", None)
+    spark_master: str = _shared("SPARK_MASTER", "local[*]")
+    spark_conf: Annotated[dict[str, str], NoDecode] = _shared("SPARK_CONF", {})
+    data_dir: Path = _shared("DATA_DIR", Path(".data"))
+    # Longer than the longest job: an unacknowledged message is redelivered after this long.
+    visibility_timeout: int = _shared("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, ge=1)
+
+    @field_validator("spark_conf", mode="before")
+    @classmethod
+    def _parse_spark_conf(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+
+class WorkerSettings(SharedSettings):
+    """The Celery worker's settings (``WORKER_*`` variables plus the shared ones)."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKER_", extra="ignore", populate_by_name=True)
+
+    concurrency: int = Field(1, ge=1)
+    # A worker holds a lease on a running job and renews it; a redelivered job is taken over only
+    # after the previous holder's lease has expired (it died), never while it is still alive.
+    lease_ttl: float = Field(30.0, gt=0)
+    progress_interval: float = Field(1.0, gt=0)
+    cancel_poll_interval: float = Field(0.5, gt=0)
+    max_retries: int = Field(5, ge=0)
+    retry_backoff_max: int = Field(300, ge=1)
+    task_time_limit: int = Field(5 * 3600, ge=1)
+    # How often the worker looks for unacknowledged messages whose visibility timeout expired.
+    restore_interval: int = Field(10, ge=1)
+    log_json: bool = True
+
+
+@functools.cache
+def get_worker_settings() -> WorkerSettings:
+    """Settings for the CLI entry points, read from the environment once per process."""
+    return WorkerSettings()

@@ -1,0 +1,318 @@
+"""The ``conversion.run`` task and the job runner behind it.
+
+The task is thin: it hands the job id to :class:`JobRunner`, which re-reads the record, takes the
+job's lease, moves it to ``running``, runs the conversion with a watcher thread (progress about
+once a second, the cancel flag, the lease) and records the outcome with compare-and-set
+transitions. Failures are classified by ``worker.errors``: transient ones are retried with
+backoff, permanent ones fail the job at once.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import redis
+from celery import Task, shared_task
+
+from mdsloader.errors import StorageUnavailableError
+from worker.convert.model import ConversionProgress, ConversionResult, ConversionSpec
+from worker.errors import ConversionCancelled, ConversionError
+from worker.jobs import (
+    FINAL_STATES,
+    InvalidTransitionError,
+    JobError,
+    JobNotFoundError,
+    JobProgress,
+    JobRecord,
+    JobResult,
+    JobState,
+    RedisJobStore,
+)
+from worker.logging import job_context
+from worker.metrics import record_finished
+from worker.settings import WorkerSettings
+
+log = logging.getLogger("worker.tasks")
+TASK_NAME = "conversion.run"
+ACTIVE = frozenset({JobState.RUNNING, JobState.CANCELLING})
+
+ConvertFn = Callable[..., ConversionResult]
+
+
+class RetryLater(Exception):
+    """The job must run again later: another live worker holds it, or a transient failure."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(delay, reason)
+        self.delay, self.reason = delay, reason
+
+
+def backoff(retries: int, cap: float) -> float:
+    """Exponential backoff with full jitter: 1, 2, 4, ... seconds, capped."""
+    return random.uniform(0.5, 1.0) * min(cap, 2.0**retries)
+
+
+def spec_for(record: JobRecord) -> ConversionSpec:
+    """The conversion of a job; ``run_id`` is the job id, so a re-run overwrites its own files."""
+    request = record.request
+    return ConversionSpec(
+        source_table=request.source_table,
+        target=request.target,
+        compression=request.compression,
+        hashes=tuple(request.hashes),
+        size_limit=request.size_limit,
+        columns=request.columns,
+        partitions=request.partitions,
+        mode=request.mode,
+        run_id=record.id,
+    )
+
+
+class Watcher(threading.Thread):
+    """Flushes progress, watches for cancellation and keeps the job's lease alive."""
+
+    def __init__(self, runner: JobRunner, job_id: str, cancel: threading.Event) -> None:
+        super().__init__(name=f"watch-{job_id}", daemon=True)
+        self.runner, self.job_id, self.cancel = runner, job_id, cancel
+        self.stopped = threading.Event()
+        self.lease_lost = False
+        self.latest: ConversionProgress | None = None
+        self._flushed: ConversionProgress | None = None
+        self._context = contextvars.copy_context()
+
+    def run(self) -> None:
+        self._context.run(self._loop)
+
+    def _loop(self) -> None:
+        settings = self.runner.settings
+        next_flush = next_renew = 0.0
+        while not self.stopped.wait(settings.cancel_poll_interval):
+            try:
+                now = time.monotonic()
+                if now >= next_renew:
+                    self._renew()
+                    next_renew = now + settings.lease_ttl / 3
+                if now >= next_flush:
+                    self.flush()
+                    next_flush = now + settings.progress_interval
+                if self.runner.store.get(self.job_id).state is JobState.CANCELLING:
+                    self.cancel.set()
+            except redis.RedisError as exc:  # keep converting; the next round tries again
+                log.warning("job.watch_failed", extra={"error": repr(exc)})
+
+    def _renew(self) -> None:
+        runner = self.runner
+        if not runner.store.renew_lease(self.job_id, runner.owner, runner.settings.lease_ttl):
+            log.error("job.lease_lost")
+            self.lease_lost = True
+            self.cancel.set()
+
+    def flush(self) -> None:
+        latest = self.latest
+        if latest is None or latest == self._flushed:
+            return
+
+        def apply(record: JobRecord) -> None:
+            record.progress = JobProgress(**asdict(latest))
+
+        self.runner.store.update(self.job_id, apply, expected=ACTIVE)
+        self._flushed = latest
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=10)
+
+
+class JobRunner:
+    """Runs one job to a final state (or asks for a retry) through the job store."""
+
+    def __init__(
+        self, store: RedisJobStore, settings: WorkerSettings, convert: ConvertFn, owner: str
+    ) -> None:
+        self.store, self.settings, self.convert, self.owner = store, settings, convert, owner
+
+    def run(self, job_id: str, *, retries: int = 0) -> JobState | None:
+        """Run ``job_id``; returns its final state, or None when there was nothing to do.
+
+        Raises:
+            RetryLater: another live worker holds the job, or a transient failure with retries left.
+        """
+        with job_context(job_id):
+            try:
+                record = self.store.get(job_id)
+            except JobNotFoundError:
+                log.error("job.unknown")
+                return None
+            if record.state in FINAL_STATES:
+                log.info("job.already_final", extra={"state": str(record.state)})
+                return None
+            remaining = self.store.acquire_lease(job_id, self.owner, self.settings.lease_ttl)
+            if remaining is not None:
+                raise RetryLater(remaining + 1, "another worker holds the job")
+            try:
+                return self._run_leased(job_id, retries)
+            finally:
+                self.store.release_lease(job_id, self.owner)
+
+    def _run_leased(self, job_id: str, retries: int) -> JobState | None:
+        try:
+            record = self.store.transition(
+                job_id, JobState.RUNNING, expected={JobState.QUEUED, JobState.RUNNING}
+            )
+        except InvalidTransitionError as exc:
+            if exc.current is JobState.CANCELLING:
+                return self._finish(job_id, JobState.CANCELLED, started=time.monotonic())
+            log.info("job.not_runnable", extra={"state": str(exc.current)})
+            return None
+        log.info("job.started", extra={"attempt": record.attempts, "target": record.request.target})
+        return self._convert(record, retries)
+
+    def _convert(self, record: JobRecord, retries: int) -> JobState | None:
+        cancel = threading.Event()
+        watcher = Watcher(self, record.id, cancel)
+        started = time.monotonic()
+        watcher.start()
+        try:
+            result = self.convert(
+                spec_for(record), progress=self._progress_sink(watcher), cancel=cancel
+            )
+        except ConversionCancelled:
+            outcome: tuple[JobState, Any] = (JobState.CANCELLED, None)
+        except ConversionError as exc:
+            outcome = (JobState.FAILED, JobError(**self._error(exc)))
+        except StorageUnavailableError as exc:  # unmapped by the conversion: still transient
+            outcome = (
+                JobState.FAILED,
+                JobError(code="storage_unavailable", message=str(exc), retryable=True),
+            )
+        except Exception as exc:
+            log.exception("job.crashed")
+            outcome = (JobState.FAILED, JobError(code="internal_error", message=repr(exc)))
+        else:
+            outcome = (JobState.SUCCEEDED, JobResult(**asdict(result)))
+        finally:
+            watcher.stop()
+        if watcher.lease_lost:
+            log.error("job.abandoned", extra={"reason": "lease lost to another worker"})
+            return None
+        watcher.flush()
+        state, payload = outcome
+        if (
+            isinstance(payload, JobError)
+            and payload.retryable
+            and retries < self.settings.max_retries
+        ):
+            delay = backoff(retries, self.settings.retry_backoff_max)
+            log.warning("job.retry", extra={"error": payload.message, "delay": round(delay, 2)})
+            raise RetryLater(delay, payload.message)
+        return self._finish(record.id, state, started=started, payload=payload)
+
+    @staticmethod
+    def _error(exc: ConversionError) -> dict[str, Any]:
+        return {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+
+    @staticmethod
+    def _progress_sink(watcher: Watcher) -> Callable[[ConversionProgress], None]:
+        def sink(progress: ConversionProgress) -> None:
+            watcher.latest = progress  # flushed to Redis by the watcher, about once a second
+
+        return sink
+
+    def _finish(
+        self, job_id: str, state: JobState, *, started: float, payload: Any = None
+    ) -> JobState:
+        def apply(record: JobRecord) -> None:
+            if isinstance(payload, JobResult):
+                record.result = payload
+                record.progress.rows_written = payload.samples
+            elif isinstance(payload, JobError):
+                record.error = payload
+
+        expected = {JobState.CANCELLING} if state is JobState.CANCELLED else ACTIVE
+        record = self._retrying(
+            lambda: self.store.transition(job_id, state, expected=expected, mutate=apply)
+        )
+        duration = time.monotonic() - started
+        log.info("job.finished", extra={"state": str(state), "seconds": round(duration, 3)})
+        self._retrying(
+            lambda: record_finished(
+                self.store.client,
+                self.store.prefix,
+                state=state,
+                duration=duration,
+                rows=record.progress.rows_written if state is JobState.SUCCEEDED else 0,
+                bytes_written=record.progress.bytes_written,
+            )
+        )
+        return state
+
+    def _retrying(self, action: Callable[[], Any], attempts: int = 8) -> Any:
+        # The outcome of a finished conversion must not be lost to a short Redis outage: running
+        # it again could find its own published index.json.
+        for attempt in range(attempts):
+            try:
+                return action()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt == attempts - 1:
+                    raise
+                log.warning("job.store_retry", extra={"error": repr(exc)})
+                time.sleep(min(0.5 * 2**attempt, 10))
+        return None
+
+
+def worker_owner() -> str:
+    """A name unique to this worker process, for leases and logs."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def spark_convert(settings: WorkerSettings) -> ConvertFn:
+    """The real conversion: the process's long-lived Spark session, created on first use."""
+
+    def convert(spec: ConversionSpec, **kwargs: Any) -> ConversionResult:
+        # Imported here so that importing the task module never starts or imports Spark.
+        from worker.convert.pipeline import convert_table
+        from worker.convert.spark import get_spark
+
+        return convert_table(spec, spark=get_spark(settings), **kwargs)
+
+    return convert
+
+
+_runners: dict[int, JobRunner] = {}
+
+
+def get_runner(task: Task) -> JobRunner:
+    """One runner per process (created after fork: Redis clients and Spark are per process)."""
+    runner = _runners.get(os.getpid())
+    if runner is None:
+        settings: WorkerSettings = task.app.conf["mds_settings"]
+        store = RedisJobStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
+        runner = JobRunner(store, settings, spark_convert(settings), worker_owner())
+        _runners.clear()
+        _runners[os.getpid()] = runner
+    return runner
+
+
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_conversion(self: Task, job_id: str) -> str | None:
+    """Convert the job's table to MDS; only the job id travels through the broker."""
+    try:
+        state = get_runner(self).run(job_id, retries=self.request.retries)
+    except RetryLater as exc:
+        # max_retries=None: waiting for another worker's lease must not use up the retries,
+        # which JobRunner counts itself for transient failures.
+        raise self.retry(countdown=exc.delay, max_retries=None) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        delay = backoff(self.request.retries, get_runner(self).settings.retry_backoff_max)
+        raise self.retry(countdown=delay, exc=exc, max_retries=None) from None
+    return None if state is None else str(state)
