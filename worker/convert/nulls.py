@@ -1,0 +1,230 @@
+"""The null policy: MDS has no null, so missing values are counted first and then refused,
+dropped (``skip``) or replaced (``fill``) before anything is written.
+
+"Missing" also covers what an ``ndarray`` cannot hold: an empty array, and (counted separately as
+"null elements") a null inside a numeric array.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import reduce
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from worker.convert.model import NullPolicy
+from worker.convert.schema import ColumnPlan, column_ref
+from worker.errors import NullValuesError, PermanentConversionError
+
+_INT_RANGES = {
+    T.ByteType: 8, T.ShortType: 16, T.IntegerType: 32, T.LongType: 64,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NullCounts:
+    """Rows in the source, and per column the rows with a missing value or null elements."""
+
+    rows: int
+    missing: dict[str, int] = field(default_factory=dict)
+    null_elements: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = [f"{name!r}: {n} null or empty" for name, n in self.missing.items() if n]
+        parts += [
+            f"{name!r}: {n} with null elements" for name, n in self.null_elements.items() if n
+        ]
+        return ", ".join(parts)
+
+    @property
+    def has_nulls(self) -> bool:
+        return any(self.missing.values()) or any(self.null_elements.values())
+
+
+def count_nulls(df: DataFrame, plans: list[ColumnPlan]) -> NullCounts:
+    """Count rows and missing values of every column in one Spark aggregation."""
+    aggregates = [F.count(F.lit(1)).alias("rows")]
+    for index, plan in enumerate(plans):
+        missing, holes = _predicates(plan)
+        if missing is not None:
+            aggregates.append(_count_where(missing).alias(f"m{index}"))
+        if holes is not None:
+            aggregates.append(_count_where(holes).alias(f"h{index}"))
+    row = df.agg(*aggregates).first()
+    values = row.asDict() if row is not None else {}
+    missing_counts, hole_counts = {}, {}
+    for index, plan in enumerate(plans):
+        if values.get(f"m{index}"):
+            missing_counts[plan.name] = int(values[f"m{index}"])
+        if values.get(f"h{index}"):
+            hole_counts[plan.name] = int(values[f"h{index}"])
+    return NullCounts(int(values.get("rows") or 0), missing_counts, hole_counts)
+
+
+def apply_null_policy(
+    df: DataFrame,
+    plans: list[ColumnPlan],
+    counts: NullCounts,
+    policy: NullPolicy,
+    fill_values: Mapping[str, object] | None = None,
+) -> DataFrame:
+    """Return ``df`` with the policy applied, or raise before anything is written.
+
+    Raises:
+        NullValuesError: nulls found and the policy is ``error`` (or ``fill`` without a value).
+        PermanentConversionError: an unknown policy, or a fill value that does not fit
+            (code ``invalid_fill_value``).
+    """
+    fill_values = dict(fill_values or {})
+    if policy not in ("error", "skip", "fill"):
+        raise PermanentConversionError(f"unknown null policy {policy!r}", code="invalid_request")
+    if policy == "fill":
+        _validate_fill_values(df.schema, plans, fill_values)
+    if not counts.has_nulls:
+        return df
+    if policy == "error":
+        raise NullValuesError(
+            f"null values found ({counts.describe()}); set null_policy to 'skip' or 'fill'"
+        )
+    if policy == "skip":
+        return df.filter(~_any_bad(plans, counts))
+    return _fill(df, plans, counts, fill_values)
+
+
+def _predicates(plan: ColumnPlan) -> tuple[Column | None, Column | None]:
+    """(missing, null elements) predicates for a column; None where nothing can be missing."""
+    col = column_ref(plan.name)
+    if plan.source == "vector":
+        return (col.isNull() if plan.nullable else None), None
+    if plan.kind == "ndarray":
+        holes = F.exists(col, lambda x: x.isNull()) if plan.element_nulls else None
+        return col.isNull() | (F.size(col) == 0), holes
+    if plan.kind == "ndarray2d":
+        holes = F.exists(
+            col, lambda row: row.isNull() | (F.size(row) == 0) | F.exists(row, lambda x: x.isNull())
+        )
+        return col.isNull() | (F.size(col) == 0), holes
+    return (col.isNull() if plan.nullable else None), None
+
+
+def _count_where(predicate: Column) -> Column:
+    return F.sum(F.when(predicate, 1).otherwise(0))
+
+
+def _any_bad(plans: list[ColumnPlan], counts: NullCounts) -> Column:
+    predicates = []
+    for plan in plans:
+        missing, holes = _predicates(plan)
+        if missing is not None and counts.missing.get(plan.name):
+            predicates.append(F.coalesce(missing, F.lit(True)))
+        if holes is not None and counts.null_elements.get(plan.name):
+            predicates.append(F.coalesce(holes, F.lit(True)))
+    return reduce(lambda a, b: a | b, predicates, F.lit(False))
+
+
+def _fill(
+    df: DataFrame, plans: list[ColumnPlan], counts: NullCounts, fill_values: dict[str, object]
+) -> DataFrame:
+    holes = {name: n for name, n in counts.null_elements.items() if n}
+    if holes:
+        raise NullValuesError(
+            f"null elements inside arrays cannot be filled ({counts.describe()}); "
+            "use null_policy='skip'"
+        )
+    lacking = {name: n for name, n in counts.missing.items() if n and name not in fill_values}
+    if lacking:
+        raise NullValuesError(
+            f"null_policy='fill' needs a fill value for {sorted(lacking)} ({counts.describe()})"
+        )
+    types = {f.name: f.dataType for f in df.schema.fields}
+    for plan in plans:
+        if not counts.missing.get(plan.name):
+            continue
+        missing, _ = _predicates(plan)
+        value = F.lit(fill_values[plan.name]).cast(types[plan.name])
+        col = column_ref(plan.name)
+        filled = F.when(missing, value).otherwise(col) if missing is not None else col
+        df = df.withColumn(plan.name, filled)
+    return df
+
+
+def _validate_fill_values(
+    schema: T.StructType, plans: list[ColumnPlan], fill_values: dict[str, object]
+) -> None:
+    by_name = {plan.name: plan for plan in plans}
+    unknown = sorted(set(fill_values) - set(by_name))
+    if unknown:
+        raise PermanentConversionError(
+            f"fill_values for unselected column(s) {unknown}", code="invalid_fill_value"
+        )
+    types = {f.name: f.dataType for f in schema.fields}
+    for name, value in fill_values.items():
+        reason = _fill_problem(types[name], by_name[name], value)
+        if reason:
+            spark_type = types[name].simpleString()
+            raise PermanentConversionError(
+                f"fill value {value!r} for column {name!r} ({spark_type}): {reason}",
+                code="invalid_fill_value",
+            )
+
+
+def _fill_problem(dtype: T.DataType, plan: ColumnPlan, value: object) -> str | None:
+    """Why ``value`` cannot replace a missing value of ``dtype``; None if it can."""
+    if value is None:
+        return "a fill value cannot be null"
+    if plan.source == "vector" or plan.kind == "json":
+        return "filling is not supported for this type; use null_policy='skip'"
+    if isinstance(dtype, T.ArrayType):
+        return _array_fill_problem(dtype, plan, value)
+    return _scalar_fill_problem(dtype, value)
+
+
+def _scalar_fill_problem(dtype: T.DataType, value: object) -> str | None:
+    bits = _INT_RANGES.get(type(dtype))
+    if bits is not None:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok and -(1 << bits - 1) <= value < 1 << bits - 1 else f"need an int{bits}"
+    if isinstance(dtype, T.FloatType | T.DoubleType):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else "need a number"
+    checks: list[tuple[type[T.DataType], type | tuple[type, ...], str]] = [
+        (T.BooleanType, bool, "need a bool"),
+        (T.StringType, str, "need a string"),
+        (T.BinaryType, bytes, "need bytes"),
+        (T.DecimalType, (decimal.Decimal, int, str), "need a decimal"),
+        (T.DateType, (dt.date, str), "need a date"),
+        (T.TimestampType, (dt.datetime, str), "need a datetime"),
+        (T.TimestampNTZType, (dt.datetime, str), "need a datetime"),
+    ]
+    for spark_type, python_types, reason in checks:
+        if isinstance(dtype, spark_type):
+            return None if isinstance(value, python_types) else reason
+    return "filling is not supported for this type"
+
+
+def _array_fill_problem(dtype: T.ArrayType, plan: ColumnPlan, value: object) -> str | None:
+    rows = value if plan.kind == "ndarray2d" else [value]
+    if not isinstance(value, list | tuple) or not value:
+        return "need a non-empty list"
+    if not all(isinstance(row, list | tuple) and row for row in rows):
+        return "need a non-empty list of non-empty lists"
+    if len({len(row) for row in rows}) != 1:
+        return "inner lists must have the same length"
+    flat = [x for row in rows for x in row]
+    integral = plan.arrow_type.startswith(("int", "uint"))
+    for x in flat:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            return "elements must be numbers"
+        if integral and not isinstance(x, int):
+            return "elements must be ints"
+        if isinstance(x, float) and not math.isfinite(x) and integral:
+            return "elements must be finite"
+    if plan.shape is not None and math.prod(plan.shape) != len(flat):
+        return f"need {math.prod(plan.shape)} elements for shape {plan.shape}"
+    return None
