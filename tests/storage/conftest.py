@@ -25,7 +25,7 @@ def fault_proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
     proxy = FaultProxy(upstream=s3_endpoint)
     server = QuietServer(("127.0.0.1", 0), make_handler(proxy))
     proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield proxy
     server.shutdown()

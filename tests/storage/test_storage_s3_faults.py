@@ -1,0 +1,137 @@
+"""S3Storage under failure: throttling, 5xx, stalls, torn bodies and denials injected by a real
+proxy on loopback; an endpoint where nothing listens; and a missing boto3."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from storage_helpers import Fault, FaultProxy, fast_options
+
+from mdsloader.errors import (
+    AccessDeniedError,
+    MissingExtraError,
+    ObjectNotFoundError,
+    StorageUnavailableError,
+)
+from mdsloader.storage import S3Storage
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+
+
+def _through(proxy: FaultProxy, bucket: str, **overrides: object) -> S3Storage:
+    options = fast_options(proxy.url, **overrides)
+    return S3Storage(bucket.removeprefix("s3://"), "p", options=options)
+
+
+def test_throttling_is_retried_until_it_succeeds(fault_proxy: FaultProxy, s3_bucket: str) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=3)
+    fault_proxy.inject(Fault("status", 503, "SlowDown"), Fault("status", 503, "SlowDown"))
+    store.write_bytes("a.bin", b"payload")
+    assert [m for m, _ in fault_proxy.requests] == ["PUT", "PUT", "PUT"]
+
+    fault_proxy.inject(Fault("status", 429, "TooManyRequests"), Fault("status", 500, "Internal"))
+    assert store.read_bytes("a.bin") == b"payload"
+    assert len(fault_proxy.requests) == 6
+
+
+def test_retries_are_bounded_and_the_error_names_endpoint_and_attempts(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=2)
+    fault_proxy.always = Fault("status", 503, "ServiceUnavailable")
+    with pytest.raises(StorageUnavailableError, match="after 3 attempts") as info:
+        store.read_bytes("a.bin")
+    assert fault_proxy.url in str(info.value)
+    assert "s3://" in str(info.value)
+    assert len(fault_proxy.requests) == 3
+
+
+def test_zero_retries_means_one_attempt(fault_proxy: FaultProxy, s3_bucket: str) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=0)
+    fault_proxy.always = Fault("status", 502, "BadGateway")
+    with pytest.raises(StorageUnavailableError, match="after 1 attempt:"):
+        store.size("a.bin")
+    assert len(fault_proxy.requests) == 1
+
+
+def test_access_denied_is_not_retried(fault_proxy: FaultProxy, s3_bucket: str) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=4)
+    fault_proxy.inject(Fault("status", 403, "AccessDenied"))
+    with pytest.raises(AccessDeniedError, match="AccessDenied"):
+        store.read_bytes("secret.bin")
+    assert len(fault_proxy.requests) == 1
+
+
+def test_missing_object_is_not_retried(fault_proxy: FaultProxy, s3_bucket: str) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=4)
+    with pytest.raises(ObjectNotFoundError):
+        store.read_bytes("nope.bin")
+    assert len(fault_proxy.requests) == 1
+
+
+def test_a_stalled_response_times_out_and_is_retried(fault_proxy: FaultProxy, s3_bucket: str):
+    store = _through(fault_proxy, s3_bucket, retries=2, timeout=0.3)
+    store.write_bytes("a.bin", b"slow")
+    fault_proxy.inject(Fault("delay", seconds=1.0))
+    started = time.monotonic()
+    assert store.read_bytes("a.bin") == b"slow"
+    assert time.monotonic() - started < 1.0  # the stalled request was abandoned, not awaited
+    assert len(fault_proxy.requests) == 3  # PUT, stalled GET, GET
+
+
+def test_a_torn_response_body_is_read_again(fault_proxy: FaultProxy, s3_bucket: str) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=2)
+    store.write_bytes("a.bin", bytes(range(200)) * 50)
+    fault_proxy.inject(Fault("truncate"))
+    assert store.read_bytes("a.bin") == bytes(range(200)) * 50
+    assert [m for m, _ in fault_proxy.requests] == ["PUT", "GET", "GET"]
+
+
+def test_a_failed_part_of_a_multipart_upload_is_retried(
+    fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    store = _through(
+        fault_proxy, s3_bucket, retries=2, multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB
+    )
+    data = bytes(i % 253 for i in range(11 * MIB))
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    # boto3 wraps the failed part's error in S3UploadFailedError; it must still count as transient.
+    fault_proxy.inject(Fault("status", 503, "SlowDown", match=lambda m, p: "partNumber=2" in p))
+    store.upload_file(str(src), "big.bin")
+    assert store.read_bytes("big.bin") == data
+    assert fault_proxy.faults == []  # the fault was hit
+    assert sum("partNumber=2" in path for _, path in fault_proxy.requests) >= 2
+
+
+def test_unreachable_endpoint_raises_unavailable_after_the_retries(
+    closed_port_endpoint: str,
+) -> None:
+    store = S3Storage("bucket", "p", options=fast_options(closed_port_endpoint, retries=2))
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match="after 3 attempts") as info:
+        store.read_bytes("index.json")
+    assert closed_port_endpoint in str(info.value)
+    assert time.monotonic() - started < 5
+    with pytest.raises(StorageUnavailableError):
+        store.exists("index.json")  # an outage is not "missing"
+
+
+def test_missing_boto3_names_the_s3_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "boto3", None)  # makes `import boto3` fail
+    with pytest.raises(MissingExtraError, match=r"mds-loader\[s3\]"):
+        S3Storage("bucket")
+
+
+def test_boto3_lost_after_construction_also_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, s3_endpoint: str
+) -> None:
+    store = S3Storage("bucket", options=fast_options(s3_endpoint))
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(MissingExtraError, match=r"mds-loader\[s3\]"):
+        store.read_bytes("x")
