@@ -1,0 +1,273 @@
+"""The node-local shard cache: download once per node, validate, decompress, evict.
+
+Every process of a node (all ranks, all DataLoader workers) shares the files under each stream's
+``local`` directory. Coordination uses only that directory:
+
+* **Presence is the final file.** A shard is local when its raw file exists under its final name.
+  Downloads and decompressions write ``<name>.<pid>.<random>.part`` files and ``os.replace`` them
+  into place only when complete and validated, so a process killed mid-download leaves at most a
+  ``.part`` file that nothing trusts (it is deleted by the next process that prepares the shard).
+* **One preparer per shard.** Preparing takes an exclusive ``flock`` on the shard's lock file; the
+  kernel drops it if the holder dies, so a crash never blocks a later run. A process that finds the
+  lock held waits on it and then sees the finished file: each shard is downloaded once per node.
+* **Eviction** (``cache_limit``) happens under one cache-wide lock, removes the least recently used
+  shards first (the access time is the raw file's mtime, refreshed whenever a shard is prepared
+  for reading), and only ever removes shards of streams that have a remote: a local-only
+  dataset's files are the only copy and are never deleted (reference issue #988). A reader that
+  has a shard mmapped keeps reading it after eviction (Linux keeps unlinked inodes alive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mdsloader.errors import ChecksumError, HashError, ObjectNotFoundError
+from mdsloader.locks import file_lock
+from mdsloader.stream import INDEX_BASENAME, LOCK_DIR
+
+if TYPE_CHECKING:
+    from mdsloader.stream import Stream
+
+_UNITS = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40, "pb": 1 << 50}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """Parse a byte count: an int or a string like ``"100kb"``, ``"1.5gb"``, ``"123"``, ``"9b"``.
+
+    Raises:
+        ValueError: The string has an unknown suffix or is not a number.
+    """
+    if isinstance(value, int | float):
+        return int(value)
+    text = value.strip().lower()
+    for suffix, unit in _UNITS.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * unit)
+    try:
+        return int(float(text.removesuffix("b")))
+    except ValueError as exc:
+        raise ValueError(f"unsupported byte size {value!r} (use e.g. 512mb, 10gb)") from exc
+
+
+def _lock_name(basename: str) -> str:
+    # Basenames of merged datasets contain '/'; keep one flat lock directory.
+    return "shard-" + hashlib.blake2s(basename.encode("utf-8"), digest_size=10).hexdigest()
+
+
+def _part_path(final: Path) -> Path:
+    return final.with_name(f"{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.part")
+
+
+def _remove_parts(final: Path) -> None:
+    """Delete leftovers of interrupted writes of ``final`` (call with the shard lock held)."""
+    for part in final.parent.glob(f"{final.name}.*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+class ShardCache:
+    """Makes shards local on demand for every stream of one dataset.
+
+    Args:
+        streams: The dataset's streams (defaults applied).
+        shards: Every shard's info (``mdsloader.mds.index.ShardInfo``), streams concatenated.
+        stream_of_shard: For each shard, the index of its stream.
+        cache_limit: Byte budget for all cached files, or None for no eviction.
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[Stream],
+        shards: Sequence[Any],
+        stream_of_shard: Sequence[int],
+        cache_limit: int | None = None,
+    ) -> None:
+        self.streams = list(streams)
+        self.shards = list(shards)
+        self.stream_of_shard = [int(s) for s in stream_of_shard]
+        self.cache_limit = cache_limit
+        self._raw = [self._path(i, s.raw_data.basename) for i, s in enumerate(self.shards)]
+        self._zip = [
+            None if s.zip_data is None else self._path(i, s.zip_data.basename)
+            for i, s in enumerate(self.shards)
+        ]
+        self._check_hash_algorithms()
+
+    def _path(self, shard_id: int, basename: str) -> Path:
+        return self.streams[self.stream_of_shard[shard_id]].local_root / basename
+
+    def _check_hash_algorithms(self) -> None:
+        for shard_id, shard in enumerate(self.shards):
+            algo = self.streams[self.stream_of_shard[shard_id]].validate_hash
+            if algo and algo not in shard.hashes:
+                raise HashError(
+                    f"validate_hash={algo!r} but shard {shard.raw_data.basename!r} only records "
+                    f"hashes {list(shard.hashes)}"
+                )
+
+    def raw_path(self, shard_id: int) -> Path:
+        """Where the shard's uncompressed file lives (or will live) on this node."""
+        return self._raw[shard_id]
+
+    def is_local(self, shard_id: int) -> bool:
+        """Whether the shard's raw file is present and complete."""
+        return self._raw[shard_id].exists()
+
+    def ensure(self, shard_id: int) -> Path:
+        """Make a shard's raw file local (download, validate, decompress) and mark it used.
+
+        Safe to call from many threads and processes at once: one of them prepares the shard and
+        the others wait for it.
+
+        Returns:
+            The path of the raw shard file.
+
+        Raises:
+            ObjectNotFoundError: The shard is missing locally and there is no remote.
+            ChecksumError: The downloaded file does not match the index digest.
+            StorageError: The download kept failing after the stream's retries.
+        """
+        raw = self._raw[shard_id]
+        if self._touch(raw):
+            return raw
+        stream = self.streams[self.stream_of_shard[shard_id]]
+        with file_lock(stream.lock_path(_lock_name(self.shards[shard_id].raw_data.basename))):
+            if not self._touch(raw):
+                self._prepare(shard_id, stream)
+        return raw
+
+    @staticmethod
+    def _touch(path: Path) -> bool:
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _prepare(self, shard_id: int, stream: Stream) -> None:
+        shard, raw, zipped = self.shards[shard_id], self._raw[shard_id], self._zip[shard_id]
+        _remove_parts(raw)
+        if zipped is None:
+            self._fetch(shard_id, stream, shard.raw_data, raw)
+            return
+        if not zipped.exists():
+            _remove_parts(zipped)
+            self._fetch(shard_id, stream, shard.zip_data, zipped)
+        self._decompress(shard, zipped, raw)
+        if not stream.keep_zip_files:
+            with contextlib.suppress(FileNotFoundError):
+                zipped.unlink()
+
+    def _fetch(self, shard_id: int, stream: Stream, info: Any, final: Path) -> None:
+        if not stream.has_remote:
+            raise ObjectNotFoundError(
+                f"shard file {final} is missing and stream {stream.local_root} has no remote"
+            )
+        self._make_room(shard_id)
+        part = _part_path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            stream.storage.download_file(info.basename, str(part))
+            if stream.validate_hash:
+                _validate(part, info, stream.validate_hash)
+            os.replace(part, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+    @staticmethod
+    def _decompress(shard: Any, zipped: Path, raw: Path) -> None:
+        from mdsloader.mds.compression import get_codec
+
+        codec = get_codec(shard.compression)
+        if codec is None:
+            raise ValueError(f"shard {shard.raw_data.basename!r} has a zip file but no compression")
+        data = codec.decompress(zipped.read_bytes())
+        part = _part_path(raw)
+        try:
+            part.write_bytes(data)
+            os.replace(part, raw)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+    # ---- cache_limit -------------------------------------------------------------------------
+
+    def _budget_lock(self) -> Path:
+        return self.streams[0].local_root / LOCK_DIR / "cache-budget.lock"
+
+    def shard_bytes(self, shard_id: int) -> int:
+        """Bytes one shard occupies when fully local (raw plus zip, as the index states)."""
+        shard = self.shards[shard_id]
+        zipped = 0 if shard.zip_data is None else shard.zip_data.bytes
+        return int(shard.raw_data.bytes) + int(zipped)
+
+    def usage(self) -> int:
+        """Bytes currently used on disk by the indexes and shard files of this dataset."""
+        total = sum(_size(s.local_root / INDEX_BASENAME) for s in self.streams)
+        total += sum(_size(p) for p in self._raw)
+        return total + sum(_size(p) for p in self._zip if p is not None)
+
+    def _make_room(self, shard_id: int) -> None:
+        """Evict least recently used remote-backed shards until ``shard_id`` fits the budget."""
+        if self.cache_limit is None:
+            return
+        needed = self.shard_bytes(shard_id)
+        with file_lock(self._budget_lock()):
+            excess = self.usage() + needed - self.cache_limit
+            for victim in self._eviction_order(exclude=shard_id):
+                if excess <= 0:
+                    break
+                excess -= self.evict(victim)
+
+    def _eviction_order(self, exclude: int) -> list[int]:
+        stamped = []
+        for shard_id, raw in enumerate(self._raw):
+            if shard_id == exclude or not self.streams[self.stream_of_shard[shard_id]].has_remote:
+                continue
+            paths = [p for p in (raw, self._zip[shard_id]) if p is not None]
+            mtimes = [p.stat().st_mtime_ns for p in paths if p.exists()]
+            if mtimes:
+                stamped.append((max(mtimes), shard_id))
+        return [shard_id for _, shard_id in sorted(stamped)]
+
+    def evict(self, shard_id: int) -> int:
+        """Delete a shard's local files if it has a remote copy; returns the bytes freed."""
+        if not self.streams[self.stream_of_shard[shard_id]].has_remote:
+            return 0
+        freed = 0
+        for path in (self._raw[shard_id], self._zip[shard_id]):
+            if path is None:
+                continue
+            size = _size(path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                freed += size
+        return freed
+
+
+def _validate(path: Path, info: Any, algo: str) -> None:
+    from mdsloader.mds.hashing import hexdigest
+
+    expected = info.hashes.get(algo)
+    if expected is None:
+        raise HashError(f"shard file {info.basename!r} records no {algo!r} digest")
+    actual = hexdigest(algo, path.read_bytes())
+    if actual != expected:
+        raise ChecksumError(
+            f"checksum failure for shard file {info.basename!r}: {algo} is {actual}, "
+            f"the index says {expected}"
+        )

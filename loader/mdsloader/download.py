@@ -1,0 +1,127 @@
+"""Prefetching: make shards local ahead of the consumer, on background threads.
+
+A worker's sample sequence is cut into *runs* (maximal stretches of consecutive samples from one
+shard; see :func:`plan_runs`). While the consumer decodes run ``k``, the shards of every run that
+starts fewer than ``predownload`` samples ahead are being prepared (downloaded, validated,
+decompressed) by a thread pool. The consumer blocks only when the shard it needs next is not ready,
+and a failure in a download thread surfaces in the consumer as the original exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class RunPlan:
+    """A sample sequence grouped into runs of one shard each.
+
+    Attributes:
+        shards: Shard id of each run.
+        starts: Position (in the sample sequence) where each run begins.
+        ends: Position just past each run.
+        local: The in-shard index of every sample of the sequence.
+    """
+
+    shards: NDArray[np.int64]
+    starts: NDArray[np.int64]
+    ends: NDArray[np.int64]
+    local: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+
+def locate(sample_ids: NDArray[np.int64], shard_ends: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Map global sample ids to shard ids, given each shard's cumulative end (vectorised).
+
+    ``side='right'`` skips empty shards: their end equals the previous shard's end.
+    """
+    return np.searchsorted(shard_ends, sample_ids, side="right").astype(np.int64)
+
+
+def plan_runs(sample_ids: NDArray[np.int64], shard_ends: NDArray[np.int64]) -> RunPlan:
+    """Group a sequence of global sample ids into consecutive same-shard runs.
+
+    Args:
+        sample_ids: The global sample ids, in iteration order.
+        shard_ends: ``cumsum(samples_per_shard)``.
+    """
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    if not len(sample_ids):
+        empty = np.zeros(0, np.int64)
+        return RunPlan(shards=empty, starts=empty, ends=empty, local=empty)
+    shard_of = locate(sample_ids, shard_ends)
+    starts_of_shard = shard_ends - np.diff(shard_ends, prepend=0)
+    local = sample_ids - starts_of_shard[shard_of]
+    boundaries = np.flatnonzero(np.diff(shard_of)) + 1
+    starts = np.concatenate(([0], boundaries)).astype(np.int64)
+    ends = np.append(starts[1:], len(shard_of)).astype(np.int64)
+    return RunPlan(shards=shard_of[starts], starts=starts, ends=ends, local=local)
+
+
+class Prefetcher:
+    """Prepares shards on a thread pool, at most ``predownload`` samples ahead of the consumer.
+
+    Args:
+        prepare: Makes one shard local and returns its raw file path (``ShardCache.ensure``).
+        threads: Number of concurrent downloads.
+    """
+
+    def __init__(self, prepare: Callable[[int], Path], threads: int = 4) -> None:
+        self._prepare = prepare
+        self._threads = max(1, threads)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _submit(self, shard: int) -> Future[Path]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mds-prefetch")
+        return self._pool.submit(self._prepare, shard)
+
+    def runs(self, plan: RunPlan, predownload: int) -> Iterator[tuple[int, int, int, Path]]:
+        """Yield ``(shard, start, end, path)`` for each run, once its shard is local.
+
+        Args:
+            plan: The runs to walk.
+            predownload: How many samples ahead of the current position to prepare.
+        """
+        pending: dict[int, Future[Path]] = {}
+        refs: dict[int, int] = {}
+        submitted = 0
+        try:
+            for k in range(len(plan)):
+                horizon = int(plan.starts[k]) + max(predownload, 1)
+                while submitted < len(plan) and (
+                    submitted <= k or plan.starts[submitted] < horizon
+                ):
+                    shard = int(plan.shards[submitted])
+                    if shard not in pending:
+                        pending[shard] = self._submit(shard)
+                    refs[shard] = refs.get(shard, 0) + 1
+                    submitted += 1
+                shard = int(plan.shards[k])
+                path = pending[shard].result()
+                refs[shard] -= 1
+                if not refs[shard]:
+                    # A later revisit of this shard re-checks presence (it may have been evicted).
+                    del pending[shard], refs[shard]
+                yield shard, int(plan.starts[k]), int(plan.ends[k]), path
+        finally:
+            for future in pending.values():
+                future.cancel()
+
+    def close(self) -> None:
+        """Stop the threads (running downloads finish; queued ones are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __getstate__(self) -> dict[str, object]:
+        # Threads do not survive pickling into DataLoader workers; each copy starts its own.
+        return {"_prepare": self._prepare, "_threads": self._threads, "_pool": None}
