@@ -202,3 +202,20 @@ def test_open_storage_reads_the_endpoint_from_the_environment(s3_bucket: str) ->
     assert (store.options.retries, store.options.timeout) == (1, 5)
     store.write_bytes("k", b"v")
     assert store.list() == ["k"]
+
+
+def test_without_credentials_public_objects_are_read_anonymously(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s3.write_bytes("public.txt", b"open data")
+    client = boto3.client("s3", endpoint_url=s3.options.endpoint_url)
+    client.put_object_acl(Bucket=s3.bucket, Key="root/public.txt", ACL="public-read")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance-metadata probing
+    anonymous = pickle.loads(pickle.dumps(s3))  # a fresh client, built without credentials
+    assert anonymous.read_bytes("public.txt") == b"open data"
+    assert anonymous == s3
+    assert hash(anonymous) == hash(s3)

@@ -42,7 +42,9 @@ class LocalStorage:
         return f"LocalStorage({self.url!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, LocalStorage) and other.url == self.url
+        if not isinstance(other, LocalStorage):
+            return NotImplemented
+        return other.url == self.url
 
     def __hash__(self) -> int:
         return hash(("local", self.url))

@@ -155,6 +155,18 @@ class S3Storage:
     def __repr__(self) -> str:
         return f"S3Storage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, S3Storage):
+            return NotImplemented
+        return (self.bucket, self.prefix, self.options) == (
+            other.bucket,
+            other.prefix,
+            other.options,
+        )
+
+    def __hash__(self) -> int:
+        return hash(("s3", self.bucket, self.prefix, self.options))
+
     def __getstate__(self) -> dict[str, object]:
         # The client (sockets, locks) cannot cross a process boundary; the settings can.
         return {"bucket": self.bucket, "prefix": self.prefix, "options": self.options}
