@@ -1,0 +1,147 @@
+"""One sample record: a dict of column values <-> its bytes inside a shard.
+
+A record is one uint32 length per variable-size column (in column order), then the encoded bytes
+of every column in column order. Columns are sorted by name (Unicode code point).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mdsloader.errors import EncodingError, ShardFormatError, UnsafeTypeError
+from mdsloader.mds.encodings import Encoding, ScalarEncoding, get_encoding, is_unsafe
+
+__all__ = ["ColumnPlan", "RecordEncoder", "SampleDecoder", "check_safe"]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnPlan:
+    """The sorted columns of a dataset with their encodings and fixed sizes."""
+
+    names: tuple[str, ...]
+    encodings: tuple[str, ...]
+    sizes: tuple[int | None, ...]
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, str]) -> ColumnPlan:
+        """Plan a writer's ``columns`` mapping (name -> encoding string).
+
+        Raises:
+            UnknownEncodingError: An encoding we do not know, naming the column.
+            EncodingError: ``columns`` is empty or has a non-string name.
+        """
+        if not isinstance(columns, Mapping) or not columns:
+            raise EncodingError("columns must be a non-empty mapping of name -> encoding")
+        if not all(isinstance(name, str) for name in columns):
+            raise EncodingError("column names must be strings")
+        names = tuple(sorted(columns))
+        coders = [get_encoding(columns[name], column=name) for name in names]
+        return cls(names, tuple(columns[n] for n in names), tuple(c.size for c in coders))
+
+    def coders(self) -> list[Encoding]:
+        """Return the encoding object of each column, in column order."""
+        return [get_encoding(e, column=n) for n, e in zip(self.names, self.encodings)]
+
+
+def check_safe(names: Sequence[str], encodings: Sequence[str], *, where: str) -> None:
+    """Refuse pickle columns before anything is decoded.
+
+    Raises:
+        UnsafeTypeError: A ``pkl`` column, naming it.
+    """
+    for name, encoding in zip(names, encodings):
+        if is_unsafe(encoding):
+            raise UnsafeTypeError(
+                f"{where}: column {name!r} uses the unsafe encoding {encoding!r} (pickle can run "
+                "arbitrary code); pass allow_unsafe_types=True only if you trust the data"
+            )
+
+
+class RecordEncoder:
+    """Encodes sample dicts into records, one value at a time."""
+
+    def __init__(self, plan: ColumnPlan) -> None:
+        self.plan = plan
+        self._steps = list(zip(plan.names, plan.coders(), plan.sizes))
+        num_var = sum(size is None for size in plan.sizes)
+        self._pack_lengths = struct.Struct(f"<{num_var}I").pack
+
+    def encode(self, sample: Mapping[str, Any]) -> bytes:
+        """Encode one sample; keys that are not columns are ignored, as in the reference.
+
+        Raises:
+            EncodingError: A missing column, or a value its encoding cannot store (naming both).
+        """
+        lengths = []
+        parts = []
+        for name, coder, size in self._steps:
+            try:
+                data = coder.encode(sample[name])
+            except KeyError:
+                raise EncodingError(f"sample has no value for column {name!r}") from None
+            except EncodingError as exc:
+                raise EncodingError(f"column {name!r}: {exc}") from exc
+            if size is None:
+                lengths.append(len(data))
+            elif len(data) != size:
+                raise EncodingError(
+                    f"column {name!r}: encoding {coder.name!r} must produce {size} bytes, "
+                    f"got {len(data)} (a bytes value passes through unchanged)"
+                )
+            parts.append(data)
+        try:
+            head = self._pack_lengths(*lengths)
+        except struct.error as exc:
+            raise EncodingError(f"a column value is 4 GiB or larger: {exc}") from None
+        return head + b"".join(parts)
+
+
+class SampleDecoder:
+    """Decodes sample records of one shard layout into dicts.
+
+    The plan is computed once: fixed-width scalar columns are read with one ``np.frombuffer``
+    and variable-size lengths with one ``struct.unpack_from``.
+    """
+
+    def __init__(self, info: Any) -> None:
+        """Plan decoding for a :class:`ShardInfo` (or anything with the three column fields)."""
+        self.names = tuple(info.column_names)
+        pairs = zip(info.column_names, info.column_encodings)
+        coders = [get_encoding(encoding, column=name) for name, encoding in pairs]
+        sizes = list(info.column_sizes)
+        self._num_var = sum(size is None for size in sizes)
+        self._unpack_lengths = struct.Struct(f"<{self._num_var}I").unpack_from
+        self._steps = [
+            (name, coder.decode, size, coder.dtype if isinstance(coder, ScalarEncoding) else None)
+            for name, coder, size in zip(self.names, coders, sizes)
+        ]
+
+    def decode(self, data: bytes | memoryview) -> dict[str, Any]:
+        """Decode one record.
+
+        Raises:
+            ShardFormatError: The record is shorter than its column lengths say.
+            EncodingError: A value cannot be decoded.
+        """
+        try:
+            lengths = iter(self._unpack_lengths(data))
+        except struct.error:
+            raise ShardFormatError("sample record is shorter than its header") from None
+        pos = 4 * self._num_var
+        sample = {}
+        for name, decode, size, dtype in self._steps:
+            width = next(lengths) if size is None else size
+            end = pos + width
+            if end > len(data):
+                raise ShardFormatError(f"sample record is truncated in column {name!r}")
+            if dtype is not None:
+                sample[name] = np.frombuffer(data, dtype, 1, pos)[0]
+            else:
+                sample[name] = decode(data[pos:end])
+            pos = end
+        return sample
