@@ -219,3 +219,14 @@ def test_without_credentials_public_objects_are_read_anonymously(
     assert anonymous.read_bytes("public.txt") == b"open data"
     assert anonymous == s3
     assert hash(anonymous) == hash(s3)
+
+
+def test_keys_with_special_characters_round_trip(s3: S3Storage) -> None:
+    names = sorted(
+        ["a b.bin", "hash#q?x=1.bin", "plus+and%25.bin", "ünïcødé/ß.bin", "t\u00e9st&.bin"]
+    )
+    for name in names:
+        s3.write_bytes(name, name.encode())
+    assert s3.list() == names  # ListObjectsV2 url-encodes keys; they must come back decoded
+    assert [s3.read_bytes(name) for name in names] == [name.encode() for name in names]
+    assert s3.delete_prefix("") == len(names)
