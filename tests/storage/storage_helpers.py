@@ -35,7 +35,7 @@ class Fault:
     status: int = 503
     code: str = "SlowDown"
     seconds: float = 0.0
-    match: Callable[[str, str], bool] = lambda method, path: True
+    match: Callable[[str, str], bool] = lambda _method, _path: True
 
 
 @dataclass

@@ -102,7 +102,9 @@ def test_a_failed_part_of_a_multipart_upload_is_retried(
     src = tmp_path / "big.bin"
     src.write_bytes(data)
     # boto3 wraps the failed part's error in S3UploadFailedError; it must still count as transient.
-    fault_proxy.inject(Fault("status", 503, "SlowDown", match=lambda m, p: "partNumber=2" in p))
+    fault_proxy.inject(
+        Fault("status", 503, "SlowDown", match=lambda _method, path: "partNumber=2" in path)
+    )
     store.upload_file(str(src), "big.bin")
     assert store.read_bytes("big.bin") == data
     assert fault_proxy.faults == []  # the fault was hit

@@ -72,7 +72,7 @@ def test_retry_call_retries_transient_failures_then_returns() -> None:
         policy=RetryPolicy(retries=3, base=1.0, cap=8.0),
         is_retryable=lambda exc: isinstance(exc, TimeoutError),
         sleep=sleeps.append,
-        on_retry=lambda n, exc, delay: seen.append((n, str(exc))),
+        on_retry=lambda n, exc, _delay: seen.append((n, str(exc))),
     )
     assert result == "ok"
     assert fn.calls == 3
@@ -165,17 +165,12 @@ def test_connection_errors_and_missing_credentials_map() -> None:
 
 
 def test_errors_wrapped_by_boto3_transfers_are_unwrapped() -> None:
+    # How boto3's upload_file reports a failed part: a new exception, the ClientError as context.
     inner = _client_error("SlowDown", 503, "UploadPart")
-    try:
-        try:
-            raise inner
-        except ClientError as exc:
-            # How boto3's upload_file reports it: a new exception, the ClientError as context.
-            raise S3UploadFailedError(f"Failed to upload: {exc}") from None
-    except S3UploadFailedError as wrapped:
-        wrapped.__context__ = inner
-        assert is_retryable_s3_error(wrapped)
-        assert isinstance(_map(wrapped), StorageUnavailableError)
+    wrapped = S3UploadFailedError(f"Failed to upload: {inner}")
+    wrapped.__context__ = inner
+    assert is_retryable_s3_error(wrapped)
+    assert isinstance(_map(wrapped), StorageUnavailableError)
     exhausted = RetriesExceededError(_client_error("NoSuchKey", 404))
     assert isinstance(_map(exhausted), ObjectNotFoundError)
 
@@ -198,7 +193,7 @@ def test_open_storage_refuses_other_schemes_naming_the_supported_ones(url: str) 
 
 @pytest.mark.parametrize("url", ["s3://", "s3:///prefix", "file://remote-host/x", "", "file://"])
 def test_open_storage_refuses_malformed_urls(url: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"bucket|host|path"):
         open_storage(url)
 
 

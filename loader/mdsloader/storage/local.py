@@ -36,17 +36,21 @@ class LocalStorage:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
+        """Root the storage at ``root`` (see the class docstring)."""
         self.url = os.path.abspath(os.fspath(root))
 
     def __repr__(self) -> str:
+        """``LocalStorage('/abs/dir')``."""
         return f"LocalStorage({self.url!r})"
 
     def __eq__(self, other: object) -> bool:
+        """Storages are equal when they have the same root."""
         if not isinstance(other, LocalStorage):
             return NotImplemented
         return other.url == self.url
 
     def __hash__(self) -> int:
+        """Hash of the root, consistent with ``==``."""
         return hash(("local", self.url))
 
     def child_url(self, relpath: str) -> str:

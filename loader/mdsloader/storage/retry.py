@@ -32,6 +32,7 @@ class RetryPolicy:
     cap: float = 20.0
 
     def __post_init__(self) -> None:
+        """Refuse negative settings."""
         if self.retries < 0:
             raise ValueError(f"retries must be >= 0, got {self.retries}")
         if self.base < 0 or self.cap < 0:

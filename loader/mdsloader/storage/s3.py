@@ -138,6 +138,7 @@ class S3Storage:
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, options: S3Options | None = None) -> None:
+        """Root the storage at ``s3://bucket/prefix`` (see the class docstring)."""
         if importlib.util.find_spec("boto3") is None:
             raise MissingExtraError(_MISSING_BOTO3)
         if not bucket or "/" in bucket:
@@ -153,9 +154,11 @@ class S3Storage:
         return f"s3://{join_relpath(self.bucket, self.prefix)}"
 
     def __repr__(self) -> str:
+        """``S3Storage('s3://bucket/prefix', endpoint_url=...)``."""
         return f"S3Storage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
 
     def __eq__(self, other: object) -> bool:
+        """Storages are equal when bucket, prefix and options are."""
         if not isinstance(other, S3Storage):
             return NotImplemented
         return (self.bucket, self.prefix, self.options) == (
@@ -165,13 +168,16 @@ class S3Storage:
         )
 
     def __hash__(self) -> int:
+        """Hash consistent with ``==``."""
         return hash(("s3", self.bucket, self.prefix, self.options))
 
     def __getstate__(self) -> dict[str, object]:
+        """Pickle the settings only: the client is rebuilt on first use after unpickling."""
         # The client (sockets, locks) cannot cross a process boundary; the settings can.
         return {"bucket": self.bucket, "prefix": self.prefix, "options": self.options}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore the settings with an empty client cache."""
         self.bucket = state["bucket"]
         self.prefix = state["prefix"]
         self.options = state["options"]
@@ -352,8 +358,10 @@ class S3Storage:
 
 
 class _ClientCache:
-    """One boto3 client per process, created on first use under a lock (creation is not
-    thread-safe in boto3, while using a client is)."""
+    """One boto3 client per process, created on first use under a lock.
+
+    Creating a client is not thread-safe in boto3, while using one is.
+    """
 
     def __init__(self, options: S3Options) -> None:
         self._options = options
