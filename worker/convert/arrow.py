@@ -2,8 +2,9 @@
 
 All conversions are vectorised (pyarrow compute casts and numpy on the value buffers); no Python
 loop runs per row. Booleans become uint8, dates int32 days, timestamps int64 microseconds
-(Spark hands them over in UTC for TimestampType), decimals their string form. JSON columns arrive
-already rendered by Spark's ``to_json``.
+(Spark hands them over in UTC for TimestampType), decimals their text. JSON columns arrive
+already rendered by Spark's ``to_json``. Text for ``json`` and ``str_decimal`` is handed over as
+binary, which the writer stores verbatim (the pass-through rule, mds-format.md 1.4).
 """
 
 from __future__ import annotations
@@ -48,7 +49,15 @@ def _scalar(array: pa.Array, plan: ColumnPlan) -> pa.Array:
         array = array.cast(pa.timestamp("us", array.type.tz)).view(pa.int64())
     if pa.types.is_date32(array.type) and pa.types.is_integer(target):
         array = array.view(pa.int32())
+    if target == pa.binary() and not _is_text(array.type):
+        array = pc.cast(array, pa.string())  # decimals: their text, stored as bytes
     return array if array.type == target else pc.cast(array, target)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(
+        kind
+    ) or pa.types.is_large_binary(kind)
 
 
 def _ndarray_1d(array: pa.Array, plan: ColumnPlan) -> pa.Array:

@@ -163,7 +163,8 @@ def _infer(field: T.StructField) -> ColumnPlan:
         if array is not None:
             return array
     _check_json_compatible(field.name, dtype, dtype)
-    return ColumnPlan(encoding="json", kind="json", arrow_type="string", source="to_json", **base)
+    # Spark renders the JSON text; as bytes it passes through the writer unchanged.
+    return ColumnPlan(encoding="json", kind="json", arrow_type="binary", source="to_json", **base)
 
 
 def _numeric(dtype: T.DataType) -> str | None:
@@ -179,7 +180,7 @@ def _scalar_encoding(dtype: T.DataType) -> tuple[str, str] | None:
     if isinstance(dtype, T.TimestampType | T.TimestampNTZType):
         return "int64", "int64"
     if isinstance(dtype, T.DecimalType):
-        return "str_decimal", "string"
+        return "str_decimal", "binary"  # the decimal's text, passed through as bytes
     if isinstance(dtype, T.StringType | T.CharType | T.VarcharType):
         return "str", "string"
     if isinstance(dtype, T.BinaryType):
@@ -248,7 +249,7 @@ def _override_plan(dtype: T.DataType, inferred: ColumnPlan, encoding: str) -> Co
     if inferred.kind == "json":
         return None  # json is the only encoding that holds maps, structs and other arrays
     if encoding == "json" and inferred.is_array and inferred.source == "column":
-        return replace(inferred, encoding="json", kind="json", arrow_type="string",
+        return replace(inferred, encoding="json", kind="json", arrow_type="binary",
                        source="to_json", element_nulls=False)
     if inferred.kind == "scalar":
         arrow_type = _scalar_override(dtype, inferred, encoding)

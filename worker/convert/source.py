@@ -1,0 +1,49 @@
+"""Resolve a validated source name to a Spark DataFrame (catalog table or path-based table)."""
+
+from __future__ import annotations
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+
+from worker.convert.identifiers import SourceRef, parse_source
+from worker.errors import InvalidSourceError, TableNotFoundError
+
+# Readers of path tables get options that make sense for a conversion (CSV without a header row
+# would name columns _c0, _c1, ...).
+_READ_OPTIONS = {"csv": {"header": "true", "inferSchema": "true"}}
+_NOT_FOUND = ("TABLE_OR_VIEW_NOT_FOUND", "PATH_NOT_FOUND", "SCHEMA_NOT_FOUND")
+
+
+def resolve_source(spark: SparkSession, source: str) -> DataFrame:
+    """Return the DataFrame of ``source`` (see ``worker.convert.identifiers``).
+
+    Raises:
+        InvalidSourceError: ``source`` is not a valid identifier or path table.
+        TableNotFoundError: the table, schema or path does not exist.
+    """
+    ref = parse_source(source)
+    try:
+        return _read_path(spark, ref) if ref.is_path else spark.table(_quoted(ref.parts))
+    except AnalysisException as exc:
+        condition = exc.getCondition() or ""
+        if condition in _NOT_FOUND or "not found" in str(exc).lower():
+            raise TableNotFoundError(f"source {ref.text!r} not found") from exc
+        raise InvalidSourceError(f"cannot read source {ref.text!r}: {_first_line(exc)}") from exc
+
+
+def _read_path(spark: SparkSession, ref: SourceRef) -> DataFrame:
+    fmt, path = ref.format or "", ref.path or ""
+    reader = spark.read.format(fmt)
+    for key, value in _READ_OPTIONS.get(fmt, {}).items():
+        reader = reader.option(key, value)
+    return reader.load(path)
+
+
+def _quoted(parts: tuple[str, ...]) -> str:
+    """Backquote every part so that Spark parses it as an identifier, never as an expression."""
+    return ".".join("`" + part.replace("`", "``") + "`" for part in parts)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
