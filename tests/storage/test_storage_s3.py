@@ -167,6 +167,22 @@ def test_pickled_storage_works_in_a_spawned_process(s3: S3Storage) -> None:
     assert s3.read_bytes("from-child.txt") == b"there and back"
 
 
+def _child_after_fork(storage: S3Storage) -> None:
+    parent_pid = storage._clients._pid
+    storage.write_bytes("forked.txt", b"child")
+    # The parent's client (and its pooled sockets) must not be reused across the fork.
+    assert storage._clients._pid == os.getpid() != parent_pid
+
+
+def test_storage_used_before_a_fork_gets_a_fresh_client_in_the_child(s3: S3Storage) -> None:
+    s3.write_bytes("warm.txt", b"parent")  # the parent now holds a client
+    child = multiprocessing.get_context("fork").Process(target=_child_after_fork, args=(s3,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert s3.read_bytes("forked.txt") == b"child"
+
+
 def test_missing_object_raises_object_not_found(s3: S3Storage, tmp_path: Path) -> None:
     for call in (
         lambda: s3.read_bytes("nope.bin"),

@@ -33,41 +33,35 @@ from mdsloader.storage.retry import RetryPolicy, retry_call
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
+# Module-level rather than per storage, so that a fork can replace it: a child must not inherit a
+# lock that another thread of the parent held at the moment of the fork.
+_CREATE_LOCK = threading.Lock()
+
+
+def _reset_lock_after_fork() -> None:
+    global _CREATE_LOCK
+    _CREATE_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)
+
 MIB = 1 << 20
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
 
+# fmt: off
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NoSuchBucket", "NotFound"})
-_DENIED_CODES = frozenset(
-    [
-        "403",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AllAccessDisabled",
-        "InvalidToken",
-        "ExpiredToken",
-        "AccountProblem",
-    ]
-)
+_DENIED_CODES = frozenset({
+    "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+    "InvalidToken", "ExpiredToken", "AccountProblem",
+})
 # Throttling and server-side hiccups that S3 and the S3-compatible stores report.
-_TRANSIENT_CODES = frozenset(
-    [
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestThrottled",
-        "TooManyRequests",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "ServiceUnavailable",
-        "InternalError",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "PriorRequestNotComplete",
-        "OperationAborted",
-    ]
-)
+_TRANSIENT_CODES = frozenset({
+    "SlowDown", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequests",
+    "TooManyRequestsException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+    "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeoutException",
+    "PriorRequestNotComplete", "OperationAborted",
+})
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,23 +352,22 @@ class S3Storage:
 
 
 class _ClientCache:
-    """One boto3 client per process, created on first use under a lock.
+    """One boto3 client per process, created on first use.
 
-    Creating a client is not thread-safe in boto3, while using one is.
+    Creating a client is not thread-safe in boto3 (using one is), hence the creation lock.
     """
 
     def __init__(self, options: S3Options) -> None:
         self._options = options
-        self._lock = threading.Lock()
         self._client: Any = None
         self._pid = -1
         self._transfer: Any = None
 
     def get(self) -> Any:
         # A client inherited through fork shares its connection pool with the parent: replace it.
-        if self._client is None or self._pid != os.getpid():
-            with self._lock:
-                if self._client is None or self._pid != os.getpid():
+        if self._pid != os.getpid():
+            with _CREATE_LOCK:
+                if self._pid != os.getpid():
                     self._client = _make_client(self._options)
                     self._pid = os.getpid()
         return self._client
