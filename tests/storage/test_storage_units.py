@@ -8,6 +8,8 @@ import sys
 import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from hypothesis import given
+from hypothesis import strategies as st
 from s3transfer.exceptions import RetriesExceededError
 
 from mdsloader.errors import (
@@ -261,3 +263,21 @@ def test_importing_the_package_does_not_import_boto3() -> None:
 
 def test_local_storage_is_the_backend_for_bare_paths(tmp_path) -> None:
     assert open_storage(str(tmp_path / "rel")) == LocalStorage(tmp_path / "rel")
+
+
+_SEGMENT = st.sampled_from(["", ".", "..", "a", "b.bin", "00001", "x y", "é"])
+
+
+@given(st.lists(_SEGMENT, max_size=6), st.booleans())
+def test_cleaned_paths_stay_below_the_root_and_are_stable(segments: list[str], slash: bool) -> None:
+    path = "/".join(segments) + ("/" if slash else "")
+    try:
+        cleaned = clean_relpath(path)
+    except ValueError:
+        meaningful = [s for s in segments if s not in ("", ".")]
+        assert ".." in segments or path.startswith("/") or not meaningful
+        return
+    parts = cleaned.split("/")
+    assert ".." not in parts and "." not in parts and "" not in parts
+    assert clean_relpath(cleaned) == cleaned
+    assert clean_prefix(path) == cleaned + ("/" if slash else "")
