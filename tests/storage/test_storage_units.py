@@ -280,4 +280,4 @@ def test_cleaned_paths_stay_below_the_root_and_are_stable(segments: list[str], s
     parts = cleaned.split("/")
     assert ".." not in parts and "." not in parts and "" not in parts
     assert clean_relpath(cleaned) == cleaned
-    assert clean_prefix(path) == cleaned + ("/" if slash else "")
+    assert clean_prefix(path) == cleaned + ("/" if path.endswith("/") else "")
