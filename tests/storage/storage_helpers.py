@@ -28,13 +28,15 @@ class Fault:
     """What the proxy does to one request instead of (or before) forwarding it.
 
     kind: ``"status"`` (answer ``status`` with an S3 error body of ``code``), ``"delay"`` (sleep
-    ``seconds``, then forward) or ``"truncate"`` (forward, but cut the response body in half).
+    ``seconds``, then forward), ``"truncate"`` (forward, but cut the response body in half) or
+    ``"replace"`` (forward, but answer 200 with ``body`` instead of the real response).
     """
 
     kind: str
     status: int = 503
     code: str = "SlowDown"
     seconds: float = 0.0
+    body: bytes = b""
     match: Callable[[str, str], bool] = lambda _method, _path: True
 
 
@@ -47,6 +49,7 @@ class FaultProxy:
     faults: list[Fault] = field(default_factory=list)
     always: Fault | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def inject(self, *faults: Fault) -> None:
@@ -54,9 +57,10 @@ class FaultProxy:
         with self.lock:
             self.faults.extend(faults)
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, body: bytes) -> Fault | None:
         with self.lock:
             self.requests.append((method, path))
+            self.bodies.append(body)
             for i, fault in enumerate(self.faults):
                 if fault.match(method, path):
                     return self.faults.pop(i)
@@ -75,40 +79,46 @@ def make_handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            fault = proxy.take(self.command, self.path)
+            fault = proxy.take(self.command, self.path, body)
             if fault is not None and fault.kind == "status":
                 self._send_error(fault)
                 return
             if fault is not None and fault.kind == "delay":
                 time.sleep(fault.seconds)
-            self._forward(body, truncate=fault is not None and fault.kind == "truncate")
+            self._forward(body, fault)
 
         def _send_error(self, fault: Fault) -> None:
             xml = (
                 f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{fault.code}</Code>"
                 f"<Message>injected</Message></Error>"
             ).encode()
-            self.send_response(fault.status)
+            self._send(fault.status, xml)
+
+        def _send(self, status: int, xml: bytes) -> None:
+            self.send_response(status)
             self.send_header("Content-Type", "application/xml")
             self.send_header("Content-Length", str(len(xml)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(xml)
 
-        def _forward(self, body: bytes, *, truncate: bool) -> None:
+        def _forward(self, body: bytes, fault: Fault | None) -> None:
             conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=30)
             hop = ("connection", "expect")  # the proxy already answered any 100-continue
             headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
+            if fault is not None and fault.kind == "replace":
+                self._send(200, fault.body)
+                return
             self.send_response(resp.status)
             for key, value in resp.getheaders():
                 if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                     self.send_header(key, value)
             declared = resp.getheader("Content-Length") if self.command == "HEAD" else len(data)
             self.send_header("Content-Length", str(declared))
-            if truncate:
+            if fault is not None and fault.kind == "truncate":
                 self.send_header("Connection", "close")
                 self.close_connection = True
                 data = data[: len(data) // 2]

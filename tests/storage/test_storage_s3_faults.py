@@ -14,6 +14,7 @@ from mdsloader.errors import (
     AccessDeniedError,
     MissingExtraError,
     ObjectNotFoundError,
+    StorageError,
     StorageUnavailableError,
 )
 from mdsloader.storage import S3Storage
@@ -137,3 +138,46 @@ def test_boto3_lost_after_construction_also_names_the_extra(
     monkeypatch.setitem(sys.modules, "boto3", None)
     with pytest.raises(MissingExtraError, match=r"mds-loader\[s3\]"):
         store.read_bytes("x")
+
+
+def _delete_result(key: str, code: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Error><Key>{key}</Key><Code>{code}</Code><Message>injected</Message></Error>"
+        "</DeleteResult>"
+    ).encode()
+
+
+def _is_delete(method: str, path: str) -> bool:
+    return method == "POST" and "?delete" in path
+
+
+def test_keys_that_failed_inside_a_delete_batch_are_retried(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=2)
+    for i in range(5):
+        store.write_bytes(f"job/{i}.bin", b"x")
+    # The batch is really deleted, but the answer claims one key hit a transient error.
+    body = _delete_result("p/job/3.bin", "InternalError")
+    fault_proxy.inject(Fault("replace", body=body, match=_is_delete))
+    assert store.delete_prefix("job/") == 5
+    deletes = [b for (m, p), b in zip(fault_proxy.requests, fault_proxy.bodies) if _is_delete(m, p)]
+    assert len(deletes) == 2
+    assert deletes[1].count(b"<Key>") == 1  # only the failed key was sent again
+    assert b"p/job/3.bin" in deletes[1]
+    assert store.list() == []
+
+
+def test_a_permanent_per_key_delete_failure_is_reported(
+    fault_proxy: FaultProxy, s3_bucket: str
+) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=2)
+    store.write_bytes("job/0.bin", b"x")
+    body = _delete_result("p/job/0.bin", "AccessDenied")
+    fault_proxy.inject(Fault("replace", body=body, match=_is_delete))
+    with pytest.raises(StorageError, match=r"AccessDenied") as info:
+        store.delete_prefix("job/")
+    assert not isinstance(info.value, StorageUnavailableError)
+    assert sum(_is_delete(m, p) for m, p in fault_proxy.requests) == 1

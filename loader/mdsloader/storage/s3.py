@@ -309,17 +309,18 @@ class S3Storage:
         return sorted(self._call("list", full, list_all))
 
     def _delete_batch(self, keys: list[str]) -> None:
-        body = {"Objects": [{"Key": key} for key in keys], "Quiet": True}
-        resp = self._call(
-            "delete", keys[0], lambda c: c.delete_objects(Bucket=self.bucket, Delete=body)
-        )
-        errors = resp.get("Errors") or []
-        if errors:
-            first = errors[0]
-            raise StorageError(
-                f"could not delete {len(errors)} of {len(keys)} objects in s3://{self.bucket}, "
-                f"e.g. {first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
-            )
+        # DeleteObjects answers 200 even when some keys failed; retry just those keys.
+        pending = keys
+
+        def attempt(client: Any) -> None:
+            nonlocal pending
+            body = {"Objects": [{"Key": key} for key in pending], "Quiet": True}
+            errors = client.delete_objects(Bucket=self.bucket, Delete=body).get("Errors") or []
+            pending = [error["Key"] for error in errors]
+            if errors:
+                raise _DeleteErrors(errors)
+
+        self._call("delete", keys[0], attempt)
 
     def _call(self, op: str, key: str, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)`` with retries; map whatever it finally raises to our errors."""
@@ -376,6 +377,18 @@ class _ClientCache:
         if self._transfer is None:
             self._transfer = _make_transfer_config(self._options)
         return self._transfer
+
+
+class _DeleteErrors(Exception):
+    """Per-key failures reported inside a successful DeleteObjects response."""
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        first = errors[0]
+        super().__init__(
+            f"{len(errors)} key(s) not deleted, e.g. {first.get('Key')!r}: "
+            f"{first.get('Code')} {first.get('Message')}"
+        )
+        self.transient = all(error.get("Code") in _TRANSIENT_CODES for error in errors)
 
 
 def _import_boto3() -> Any:
@@ -482,6 +495,8 @@ def _classify(exc: BaseException) -> tuple[str, BaseException | None]:
 
     if isinstance(exc, MDSError):
         return "other", None
+    if isinstance(exc, _DeleteErrors):
+        return ("transient" if exc.transient else "other"), exc
     err = _botocore_error(exc)
     if err is None:
         return "other", None
