@@ -157,11 +157,24 @@ def _numeric_array(values: Any) -> np.ndarray | None:
         return values.to_numpy(zero_copy_only=False)
     if isinstance(values, np.ndarray):
         array = values
-    elif isinstance(values, (list, tuple)) and all(type(v) in (int, float, bool) for v in values):
-        array = np.asarray(values) if values else np.zeros(0, np.int64)
+    elif isinstance(values, (list, tuple)):
+        array = _homogeneous_list(values)
+        if array is None:
+            return None
     else:
         return None
     return array if array.ndim == 1 and array.dtype.kind in "biuf" else None
+
+
+def _homogeneous_list(values: list[Any] | tuple[Any, ...]) -> np.ndarray | None:
+    """Vectorise a list only when numpy keeps every value exact (one Python type, no floats
+    standing in for big ints); anything else is left to per-value encoding."""
+    kinds = {type(v) for v in values}
+    if not values or len(kinds) != 1 or kinds.pop() not in (int, float, bool):
+        return None
+    array = np.asarray(values)
+    expected = {int: "iu", float: "f", bool: "b"}[type(values[0])]
+    return array if array.dtype.kind in expected else None
 
 
 def _scalars(coder: Encoding, values: Any, n: int) -> list[_Piece] | None:

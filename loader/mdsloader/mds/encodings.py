@@ -108,9 +108,19 @@ class ScalarEncoding(Encoding):
                 pass  # numpy decides: ints raise on overflow, floats become inf
         if isinstance(value, (str, bytes)) or value is None:
             raise self._error(value)
+        if isinstance(value, np.generic) and self.dtype.kind in "iu":
+            self._check_range(value)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # float overflow to inf is allowed
             return self.dtype.type(value).tobytes()
+
+    def _check_range(self, value: np.generic) -> None:
+        # numpy casts numpy scalars silently (wrapping, or garbage for NaN); Python ints raise.
+        info = np.iinfo(self.dtype)
+        if isinstance(value, np.floating) and not np.isfinite(value):
+            raise self._error(value, f"{value} is not a finite number")
+        if isinstance(value, (np.integer, np.floating)) and not info.min <= value <= info.max:
+            raise self._error(value, f"{value} is out of the {self.name} range")
 
     def _decode(self, data: bytes | memoryview) -> Any:
         if len(data) != self.dtype.itemsize:
