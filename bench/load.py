@@ -1,0 +1,255 @@
+"""Streaming benchmark: our loader against mosaicml-streaming, in the same run, same data.
+
+Measures (each in a fresh child process, so peak memory and caches are isolated):
+
+* warm local cache, shuffled full epoch: in-process and through a DataLoader with 2 workers;
+* cold from an S3 server on loopback (moto's ThreadedMotoServer, started here);
+* random access ``ds[i]``;
+* time from construction to the first sample, and from ``load_state_dict`` at mid-epoch to the
+  first batch, at ``--samples`` and at 10,000,000 samples (a tiny int-only dataset);
+* peak resident memory of each child (``VmHWM``).
+
+The dataset matches bench/write.py: columns int64, int32, str (50-150 chars), ndarray:float32 of
+64, bytes (200-1000); zstd:3; xxh64; 64 MiB shards, written with our MDSWriter.
+
+Usage: ``python bench/load.py [--samples 1000000] [--data DIR] [--big 10000000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 256
+STATE_KEYS = {"num_canonical_nodes": 1, "shuffle_seed": 9176, "initial_physical_nodes": 1}
+
+
+# ---- data ----------------------------------------------------------------------------------
+
+
+def write_full(out: Path, samples: int) -> None:
+    """The bench/write.py dataset: five columns, zstd:3, xxh64, 64 MiB shards."""
+    import numpy as np
+
+    from mdsloader.mds.writer import MDSWriter
+
+    columns = {"a": "int64", "b": "int32", "text": "str", "vec": "ndarray:float32", "blob": "bytes"}
+    rng = np.random.default_rng(0)
+    letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ", np.uint8)
+    with MDSWriter(
+        columns=columns, out=str(out), compression="zstd:3", hashes=["xxh64"],
+        size_limit="64mb", exist_ok=True,
+    ) as writer:  # fmt: skip
+        for begin in range(0, samples, 10_000):
+            n = min(10_000, samples - begin)
+            text_len = rng.integers(50, 151, n)
+            blob_len = rng.integers(200, 1001, n)
+            chars = letters[rng.integers(0, len(letters), int(text_len.sum()))].tobytes()
+            blobs = rng.bytes(int(blob_len.sum()))
+            t_ends, b_ends = np.cumsum(text_len), np.cumsum(blob_len)
+            writer.write_batch({
+                "a": np.arange(begin, begin + n, dtype=np.int64),
+                "b": rng.integers(-(2**31), 2**31 - 1, n, dtype=np.int32),
+                "text": [chars[e - k : e].decode() for e, k in zip(t_ends, text_len)],
+                "vec": rng.standard_normal((n, 64), dtype=np.float32),
+                "blob": [blobs[e - k : e] for e, k in zip(b_ends, blob_len)],
+            })  # fmt: skip
+
+
+def write_tiny(out: Path, samples: int) -> None:
+    """An int-only dataset (for start/resume timing at 10M samples)."""
+    import numpy as np
+
+    from mdsloader.mds.writer import MDSWriter
+
+    with MDSWriter(columns={"id": "int64"}, out=str(out), size_limit="64mb", exist_ok=True) as w:
+        for begin in range(0, samples, 1_000_000):
+            w.write_batch({"id": np.arange(begin, min(samples, begin + 1_000_000), dtype=np.int64)})
+
+
+def ensure_data(root: Path, samples: int, big: int) -> tuple[Path, Path]:
+    full, tiny = root / f"full-{samples}", root / f"tiny-{big}"
+    for path, make, n in ((full, write_full, samples), (tiny, write_tiny, big)):
+        if not (path / "index.json").exists():
+            t0 = time.perf_counter()
+            make(path, n)
+            print(f"<!-- wrote {path} in {time.perf_counter() - t0:.1f}s -->", file=sys.stderr)
+    return full, tiny
+
+
+# ---- child scenarios -----------------------------------------------------------------------
+
+
+def _classes(impl: str) -> tuple[Any, Any]:
+    if impl == "ref":
+        from streaming import StreamingDataLoader, StreamingDataset
+        from streaming.base.util import clean_stale_shared_memory
+
+        clean_stale_shared_memory()
+        return StreamingDataset, StreamingDataLoader
+    from mdsloader.dataloader import StreamingDataLoader
+    from mdsloader.dataset import StreamingDataset
+
+    return StreamingDataset, StreamingDataLoader
+
+
+def _identity(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _dataset(impl: str, spec: dict[str, Any]) -> Any:
+    dataset_cls, _ = _classes(impl)
+    kwargs: dict[str, Any] = {"batch_size": BATCH, "shuffle": True}
+    if spec.get("remote"):
+        kwargs.update(remote=spec["remote"], local=tempfile.mkdtemp(prefix=f"bench-{impl}-"))
+    else:
+        kwargs["local"] = spec["data"]
+    return dataset_cls(**kwargs)
+
+
+def run_child(impl: str, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ds = _dataset(impl, spec)
+    built = time.perf_counter()
+    result: dict[str, Any] = {}
+    if scenario in ("warm", "cold"):
+        n = sum(1 for _ in ds)
+        result["rate"] = n / (time.perf_counter() - built)
+    elif scenario == "loader2":
+        _, loader_cls = _classes(impl)
+        loader = loader_cls(ds, batch_size=BATCH, num_workers=2, collate_fn=_identity)
+        start = time.perf_counter()
+        n = sum(len(b) for b in loader)
+        result["rate"] = n / (time.perf_counter() - start)
+    elif scenario == "random":
+        import numpy as np
+
+        ids = np.random.default_rng(1).integers(0, ds.size, spec["random"]).tolist()
+        ds[ids[0]]
+        start = time.perf_counter()
+        for i in ids:
+            ds[i]
+        result["rate"] = len(ids) / (time.perf_counter() - start)
+    elif scenario == "start":
+        next(iter(ds))
+        result["seconds"] = time.perf_counter() - t0
+    elif scenario == "resume":
+        _, loader_cls = _classes(impl)
+        start = time.perf_counter()
+        loader = loader_cls(ds, batch_size=BATCH, num_workers=0, collate_fn=_identity)
+        loader.load_state_dict({"epoch": 0, "sample_in_epoch": ds.size // 2, **STATE_KEYS})
+        next(iter(loader))
+        result["seconds"] = time.perf_counter() - start
+    result["peak_mib"] = _peak_mib()
+    return result
+
+
+def _peak_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def spawn(impl: str, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", json.dumps([impl, scenario, spec])]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=os.environ.copy())
+    if out.returncode:
+        raise RuntimeError(f"{impl}/{scenario} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- S3 ------------------------------------------------------------------------------------
+
+
+def start_s3(data: Path) -> tuple[Any, str]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+        S3_ENDPOINT_URL=endpoint,
+    )  # fmt: skip
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="bench")
+    for path in sorted(data.rglob("*")):
+        if path.is_file():
+            client.upload_file(str(path), "bench", f"ds/{path.relative_to(data)}")
+    return server, "s3://bench/ds"
+
+
+# ---- report --------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=1_000_000)
+    parser.add_argument("--big", type=int, default=10_000_000, help="samples of the tiny dataset")
+    parser.add_argument("--random", type=int, default=100_000, help="random ds[i] reads")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "mds-bench")
+    parser.add_argument("--skip", default="", help="comma-separated scenarios to skip")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        impl, scenario, spec = json.loads(args.child)
+        print(json.dumps(run_child(impl, scenario, spec)))
+        return
+    full, tiny = ensure_data(args.data, args.samples, args.big)
+    skip = set(filter(None, args.skip.split(",")))
+    rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+    plan = [
+        ("warm", "warm cache, in-process (samples/s)", {"data": str(full)}),
+        ("loader2", "warm cache, DataLoader 2 workers (samples/s)", {"data": str(full)}),
+        ("random", "random ds[i] (samples/s)", {"data": str(full), "random": args.random}),
+        ("start", f"construct -> first sample, {args.samples:,} (s)", {"data": str(full)}),
+        ("resume", f"load_state_dict mid-epoch -> first batch, {args.samples:,} (s)",
+         {"data": str(full)}),
+        ("start", f"construct -> first sample, {args.big:,} (s)", {"data": str(tiny)}),
+        ("resume", f"load_state_dict mid-epoch -> first batch, {args.big:,} (s)",
+         {"data": str(tiny)}),
+    ]  # fmt: skip
+    server = None
+    if "cold" not in skip:
+        server, remote = start_s3(full)
+        plan.insert(2, ("cold", "cold from S3 on loopback, in-process (samples/s)",
+                        {"remote": remote}))  # fmt: skip
+    for scenario, label, spec in plan:
+        if scenario in skip:
+            continue
+        ours, ref = spawn("ours", scenario, spec), spawn("ref", scenario, spec)
+        rows.append((scenario, label, ours, ref))
+    if server is not None:
+        server.stop()
+    print_table(rows, args.samples)
+
+
+def print_table(rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]], samples: int) -> None:
+    print(f"Dataset: {samples:,} samples (5 columns, zstd:3, xxh64, 64 MiB shards), batch {BATCH}.")
+    print()
+    print("| measure | ours | reference | ratio (higher is better for us) | peak MiB ours / ref |")
+    print("|---|---:|---:|---:|---:|")
+    for _, label, ours, ref in rows:
+        if "rate" in ours:
+            value, base, ratio = ours["rate"], ref["rate"], ours["rate"] / ref["rate"]
+            cells = f"{value:,.0f} | {base:,.0f} | {ratio:.1f}x"
+        else:
+            value, base = ours["seconds"], ref["seconds"]
+            cells = f"{value:.3f} | {base:.3f} | {base / value:.1f}x"
+        print(f"| {label} | {cells} | {ours['peak_mib']:.0f} / {ref['peak_mib']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()

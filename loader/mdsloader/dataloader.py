@@ -1,0 +1,74 @@
+"""StreamingDataLoader: a DataLoader that counts the samples it yields, for resumable checkpoints.
+
+Unlike the reference it does not import ``transformers``: any ``Mapping`` batch (which includes
+``BatchEncoding`` and ``BatchFeature``) is measured by its first value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from mdsloader.dataset import StreamingDataset
+
+
+def batch_length(batch: Any) -> int:
+    """The number of samples in a collated batch.
+
+    ``len`` of the first value for mappings, ``len`` of a tensor, else ``len(batch[0])`` (a tuple
+    or list of columns), following the reference's rules.
+    """
+    if isinstance(batch, Mapping):
+        return len(next(iter(batch.values())))
+    if isinstance(batch, torch.Tensor):
+        return len(batch)
+    return len(batch[0])
+
+
+class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
+    """A ``torch.utils.data.DataLoader`` with ``state_dict``/``load_state_dict`` for resumption.
+
+    Takes exactly the DataLoader's arguments. Works with ``num_workers`` 0 or N and with
+    persistent workers; take the state between training steps.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Create the loader; see ``torch.utils.data.DataLoader`` for the arguments."""
+        super().__init__(*args, **kwargs)
+        self.num_samples_yielded = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate one epoch, counting the samples handed to the training loop."""
+        self.num_samples_yielded = 0
+        for batch in super().__iter__():
+            self.num_samples_yielded += batch_length(batch)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The dataset's resumable state, or None when the dataset is not a StreamingDataset.
+
+        Every rank yields the same number of samples, so the global count is this rank's count
+        times the number of ranks (divided by ``replication``, whose ranks share samples).
+        """
+        dataset = self.dataset
+        if not isinstance(dataset, StreamingDataset):
+            return None
+        num_samples = self.num_samples_yielded * dataset._rank_world.num_ranks
+        if dataset._options.replication:
+            num_samples //= dataset._options.replication
+        return dataset.state_dict(num_samples, False)
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        """Resume the dataset from ``obj`` at the next epoch start (call before iterating)."""
+        dataset = self.dataset
+        if isinstance(dataset, StreamingDataset):
+            dataset.load_state_dict(obj)
+
+    def __del__(self) -> None:
+        iterator = getattr(self, "_iterator", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

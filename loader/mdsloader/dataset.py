@@ -1,0 +1,390 @@
+"""StreamingDataset: a torch IterableDataset over one or more MDS streams, order-compatible with
+mosaicml-streaming.
+
+How the pieces fit (each in its own module):
+
+* :mod:`mdsloader.stream` fetches each stream's index (checking a cached one against the remote);
+* :mod:`mdsloader.cache` makes shards local once per node (flock + atomic rename, LRU eviction);
+* :mod:`mdsloader.order` asks :mod:`mdsloader.ordering` for the exact sample ids this worker yields;
+* :mod:`mdsloader.download` prefetches shards ahead of the consumer on threads;
+* :mod:`mdsloader.state` resolves the epoch and the resume offset without shared memory (its module
+  docstring explains how the epoch counter survives non-persistent DataLoader workers).
+
+The iteration loop itself only walks precomputed runs of same-shard samples and decodes each
+sample from an mmapped shard, so there is no per-sample bookkeeping beyond the decode.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mdsloader.cache import ShardCache, parse_bytes
+from mdsloader.catalog import Catalog, load_catalog
+from mdsloader.download import Prefetcher, plan_runs
+from mdsloader.options import OrderOptions, validate_order_options
+from mdsloader.order import EpochPlanner
+from mdsloader.state import EpochLedger, ResumeState, resolve_epoch
+from mdsloader.stream import Stream
+from mdsloader.world import World, detect_world
+
+_OPEN_READERS = 16
+_READ_RETRIES = 3
+
+
+class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
+    """Stream MDS shards from remote storage (or a local directory) into PyTorch.
+
+    Keyword arguments and defaults follow mosaicml-streaming's ``StreamingDataset``; for the same
+    index, seed, epoch, canonical nodes, shuffle algorithm, block size, partition algorithm,
+    global batch size and topology, every rank yields the same samples in the same order, and
+    ``state_dict`` results are interchangeable with the reference's.
+
+    Args:
+        streams: Several :class:`Stream` sources (exclusive with ``remote``/``local``).
+        remote: Remote dataset directory (``s3://...`` or a local/NFS path).
+        local: Local cache directory; derived per user from ``remote`` and ``split`` if None.
+        split: Subdirectory of remote and local.
+        download_retry: Retries after a failed download attempt (attempts = retries + 1).
+        download_timeout: Seconds allowed for one network read.
+        validate_hash: Hash algorithm checked on every downloaded file (zip file if compressed).
+        keep_zip: Keep compressed shard files after decompression.
+        epoch_size: Samples per epoch over all streams (``int`` or ``"100k"``-style).
+        predownload: Samples to prefetch ahead per worker (default ``8 * batch_size`` or 64).
+        cache_limit: Byte budget of the local cache (``int`` or ``"10gb"``); LRU eviction of
+            shards that have a remote copy.
+        sampling_method: ``'balanced'`` or ``'fixed'``.
+        sampling_granularity: Samples taken from a shard at a time when subsampling.
+        partition_algo: ``'orig'`` or ``'relaxed'``.
+        num_canonical_nodes: Canonical nodes (default: physical nodes, or 64x for py1s/py2s).
+        batch_size: Per-device batch size (required to iterate).
+        shuffle: Shuffle samples.
+        shuffle_algo: ``'py1e'``, ``'py1br'``, ``'py1s'``, ``'py2s'`` or ``'naive'``.
+        shuffle_seed: Seed of all randomness.
+        shuffle_block_size: Shuffle block (default ``max(4_000_000 // NCN, 1 << 18)``).
+        batching_method: Only ``'random'`` is supported; the others raise NotImplementedError.
+        allow_unsafe_types: Allow ``pkl`` columns (unpickling runs code from the dataset).
+        replication: Consecutive ranks that receive identical samples.
+
+    Raises:
+        ValueError: Invalid or inconsistent arguments, an empty stream, or a cache limit that is
+            too small (it must exceed the indexes and hold 4x the largest shard).
+        UnsafeTypeError: A ``pkl`` column without ``allow_unsafe_types=True``.
+        StorageError: An index could not be fetched.
+    """
+
+    def __init__(
+        self,
+        *,
+        streams: Sequence[Stream] | None = None,
+        remote: str | None = None,
+        local: str | None = None,
+        split: str | None = None,
+        download_retry: int = 2,
+        download_timeout: float = 60.0,
+        validate_hash: str | None = None,
+        keep_zip: bool = False,
+        epoch_size: int | str | None = None,
+        predownload: int | None = None,
+        cache_limit: int | str | None = None,
+        sampling_method: str = "balanced",
+        sampling_granularity: int = 1,
+        partition_algo: str = "relaxed",
+        num_canonical_nodes: int | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        shuffle_algo: str = "py1e",
+        shuffle_seed: int = 9176,
+        shuffle_block_size: int | None = None,
+        batching_method: str = "random",
+        allow_unsafe_types: bool = False,
+        replication: int | None = None,
+    ) -> None:
+        self._options = validate_order_options(
+            epoch_size=epoch_size, sampling_method=sampling_method,
+            sampling_granularity=sampling_granularity, partition_algo=partition_algo,
+            num_canonical_nodes=num_canonical_nodes, batch_size=batch_size, shuffle=shuffle,
+            shuffle_algo=shuffle_algo, shuffle_seed=shuffle_seed,
+            shuffle_block_size=shuffle_block_size, batching_method=batching_method,
+            replication=replication,
+        )  # fmt: skip
+        self.batch_size = batch_size
+        self.predownload = predownload if predownload is not None else 8 * (batch_size or 8)
+        self.allow_unsafe_types = allow_unsafe_types
+        # Mutable like the reference's: a loaded state dict overrides them.
+        self.num_canonical_nodes = num_canonical_nodes
+        self.shuffle_seed = shuffle_seed
+        self.shuffle_block_size = shuffle_block_size
+        self.initial_physical_nodes: int | None = None
+        self.streams = _make_streams(
+            streams, remote=remote, local=local, split=split, download_retry=download_retry,
+            download_timeout=download_timeout, validate_hash=validate_hash, keep_zip=keep_zip,
+        )  # fmt: skip
+        self._catalog = load_catalog(self.streams, allow_unsafe_types=allow_unsafe_types)
+        self.cache_limit = _check_cache_limit(cache_limit, self._catalog)
+        self.cache = ShardCache(
+            self.streams, self._catalog.shards, self._catalog.stream_of_shard, self.cache_limit
+        )
+        self._planner = EpochPlanner(self._catalog, self.streams, self._options)
+        self.epoch_size = self._planner.epoch_size
+        self._rank_world = detect_world()
+        self._world = (
+            self._rank_world.replicate(replication) if replication else self._rank_world
+        )
+        self.length = math.ceil(self.epoch_size / self._world.num_ranks)
+        self._ledger = EpochLedger()
+        self._finalizer = weakref.finalize(self, self._ledger.remove)
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        """Per-process state that never travels into DataLoader workers."""
+        self._readers: OrderedDict[int, Any] = OrderedDict()
+        self._prefetcher = Prefetcher(self.cache.ensure, threads=min(8, max(2, self.num_shards)))
+        self._next_epoch: dict[int, int] = {}
+        self._shard_ends_list: list[int] = self._catalog.shard_ends.tolist()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_readers", "_prefetcher", "_finalizer", "_shard_ends_list"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    # ---- sizes --------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Unique samples over all streams."""
+        return self._catalog.num_samples
+
+    @property
+    def num_samples(self) -> int:
+        """Unique samples over all streams (the reference's attribute name)."""
+        return self._catalog.num_samples
+
+    @property
+    def num_shards(self) -> int:
+        """Shards over all streams."""
+        return len(self._catalog.shards)
+
+    @property
+    def samples_per_shard(self) -> NDArray[np.int64]:
+        """Samples of each shard, streams concatenated."""
+        return self._catalog.samples_per_shard
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch: ``ceil(epoch_size / ranks)``."""
+        return self.length
+
+    # ---- random access ------------------------------------------------------------------------
+
+    def __getitem__(self, at: int | slice | Sequence[int] | NDArray[np.integer]) -> Any:
+        """One sample (``int``) or a list of samples (slice, list, or numpy array of ids).
+
+        Raises:
+            IndexError: An id outside ``[-size, size)``.
+            TypeError: An unsupported index type.
+        """
+        if isinstance(at, int | np.integer):
+            return self.get_item(int(at))
+        if isinstance(at, slice):
+            return [self.get_item(i) for i in range(*at.indices(self.size))]
+        if isinstance(at, np.ndarray | list | tuple):
+            return [self[sub] for sub in at]
+        raise TypeError(f"unsupported index type {type(at).__name__}")
+
+    def get_item(self, sample_id: int) -> dict[str, Any]:
+        """Decode one sample by global id, making its shard local first if needed."""
+        if sample_id < 0:
+            sample_id += self.size
+        if not 0 <= sample_id < self.size:
+            raise IndexError(f"sample {sample_id} is out of range for {self.size} samples")
+        shard = bisect.bisect_right(self._shard_ends_list, sample_id)
+        start = self._shard_ends_list[shard] - int(self._catalog.samples_per_shard[shard])
+        reader = self._readers.get(shard)
+        if reader is None:
+            reader = self._open_reader(shard, self.cache.ensure(shard))
+        return reader[sample_id - start]
+
+    def _open_reader(self, shard: int, path: Path) -> Any:
+        from mdsloader.mds.reader import ShardReader
+
+        info = self._catalog.shards[shard]
+        for attempt in range(_READ_RETRIES + 1):
+            try:
+                reader = ShardReader(path, info, allow_unsafe_types=self.allow_unsafe_types)
+                break
+            except FileNotFoundError:
+                # Evicted by another process between ensure() and open: fetch it again.
+                if attempt == _READ_RETRIES:
+                    raise
+                path = self.cache.ensure(shard)
+        self._readers[shard] = reader
+        while len(self._readers) > _OPEN_READERS:
+            _, old = self._readers.popitem(last=False)
+            _close(old)
+        return reader
+
+    # ---- epochs and resumption ----------------------------------------------------------------
+
+    def _adopt(self, state: ResumeState | None, world: World) -> None:
+        """Apply a resume state (if any), then fill defaults that depend on the topology."""
+        if state is not None:
+            self.num_canonical_nodes = state.num_canonical_nodes
+            self.shuffle_seed = state.shuffle_seed
+            self.initial_physical_nodes = state.initial_physical_nodes
+        if not self.num_canonical_nodes:
+            self.num_canonical_nodes = self._planner.default_ncn(world.num_nodes)
+        if self.shuffle_block_size is None:
+            self.shuffle_block_size = self._planner.default_block_size(self.num_canonical_nodes)
+
+    def _begin_epoch(self, world: World) -> tuple[int, int]:
+        """Resolve and record the epoch this worker slot starts now (see :mod:`mdsloader.state`)."""
+        slot = world.worker_of_rank
+        presumed = max(self._next_epoch.get(slot, 0), self._ledger.next_epoch(slot))
+        epoch, offset, applied = resolve_epoch(presumed, self._ledger.load_resume())
+        self._adopt(applied, world)
+        self._next_epoch[slot] = epoch + 1
+        self._ledger.set_next_epoch(slot, epoch + 1)
+        return epoch, offset
+
+    def state_dict(self, num_samples: int, from_beginning: bool) -> dict[str, Any]:
+        """The training state, in the reference's format (call it in the main process).
+
+        Args:
+            num_samples: Samples consumed so far in this epoch, over all ranks.
+            from_beginning: Whether ``num_samples`` counts from the start of the epoch (True) or
+                from where this run resumed (False, what StreamingDataLoader passes).
+
+        Returns:
+            ``{"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed",
+            "initial_physical_nodes"}``.
+        """
+        next_epoch = max([self._ledger.next_epoch(), *self._next_epoch.values()])
+        epoch, offset, applied = resolve_epoch(next_epoch - 1, self._ledger.load_resume())
+        self._adopt(applied, self._world)
+        nodes = self.initial_physical_nodes or self._world.num_nodes
+        return {
+            "epoch": epoch,
+            "sample_in_epoch": num_samples if from_beginning else offset + num_samples,
+            "num_canonical_nodes": self.num_canonical_nodes,
+            "shuffle_seed": self.shuffle_seed,
+            "initial_physical_nodes": nodes,
+        }
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        """Resume from a state dict (ours or the reference's) at the next ``__iter__``.
+
+        Call it in the main process before iterating; DataLoader workers, persistent or not,
+        pick it up when their next epoch starts. Only the state's samples after
+        ``sample_in_epoch`` are produced: the position is reached arithmetically.
+
+        Raises:
+            ValueError: The dict lacks the required keys or holds non-integers.
+        """
+        self._ledger.save_resume(ResumeState.from_dict(obj))
+
+    # ---- iteration ----------------------------------------------------------------------------
+
+    def _worker_world(self) -> World:
+        info = get_worker_info()
+        if info is None:
+            return self._world
+        return self._world.with_workers(info.id, info.num_workers)
+
+    def worker_sample_ids(
+        self, epoch: int, sample_in_epoch: int, world: World
+    ) -> NDArray[np.int64]:
+        """The global sample ids one worker yields in an epoch, in order (no padding)."""
+        if not isinstance(self.batch_size, int):
+            raise ValueError(
+                "Please pass `batch_size` to StreamingDataset: the per-device batch size, equal "
+                "to the DataLoader's; the sample order depends on it."
+            )
+        return self._planner.worker_sample_ids(
+            world,
+            epoch=epoch,
+            sample_in_epoch=sample_in_epoch,
+            num_canonical_nodes=int(self.num_canonical_nodes or 1),
+            shuffle_seed=self.shuffle_seed,
+            shuffle_block_size=int(self.shuffle_block_size or 1),
+            batch_size=self.batch_size,
+            initial_physical_nodes=self.initial_physical_nodes,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Yield this worker's samples of the next epoch (resuming if a state was loaded)."""
+        world = self._worker_world()
+        epoch, sample_in_epoch = self._begin_epoch(world)
+        ids = self.worker_sample_ids(epoch, sample_in_epoch, world)
+        return self._iter_ids(ids)
+
+    def _iter_ids(self, ids: NDArray[np.int64]) -> Iterator[dict[str, Any]]:
+        plan = plan_runs(ids, self._catalog.shard_ends)
+        for shard, start, end, path in self._prefetcher.runs(plan, self.predownload):
+            reader = self._readers.get(shard)
+            if reader is None:
+                reader = self._open_reader(shard, path)
+            else:
+                self._readers.move_to_end(shard)
+            for index in plan.local[start:end].tolist():
+                yield reader[index]
+
+    def close(self) -> None:
+        """Stop prefetch threads and unmap open shards (also done at garbage collection)."""
+        self._prefetcher.close()
+        while self._readers:
+            _close(self._readers.popitem()[1])
+
+
+def _close(reader: Any) -> None:
+    close = getattr(reader, "close", None)
+    if close is not None:
+        close()
+
+
+def _make_streams(streams: Sequence[Stream] | None, **default: Any) -> list[Stream]:
+    """Validate the streams/remote/local choice and apply the dataset defaults to each stream."""
+    if bool(streams) == bool(default["remote"] or default["local"]):
+        raise ValueError("You must provide either `streams` or `remote`/`local`, but not both.")
+    if streams:
+        result = list(streams)
+    else:
+        result = [Stream(remote=default["remote"], local=default["local"], split=default["split"])]
+    for stream in result:
+        stream.apply_default(default)
+    return result
+
+
+def _check_cache_limit(cache_limit: int | str | None, catalog: Catalog) -> int | None:
+    """Parse ``cache_limit`` and apply the reference's construction-time checks."""
+    if not cache_limit:
+        return None
+    limit = parse_bytes(cache_limit)
+    if limit <= catalog.index_bytes:
+        raise ValueError(
+            f"Minimum cache usage ({catalog.index_bytes} bytes) is larger than the cache limit "
+            f"({limit} bytes). Please raise `cache_limit`."
+        )
+    largest = catalog.max_shard_bytes
+    if limit < 4 * largest:
+        raise ValueError(
+            f"Cache limit ({limit} bytes) is too low. Increase the `cache_limit` to at least four "
+            f"times the largest shard size ({largest} bytes, raw plus zip)."
+        )
+    return limit
+
+
+__all__ = ["OrderOptions", "Stream", "StreamingDataset"]
