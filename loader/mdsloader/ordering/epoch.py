@@ -1,0 +1,178 @@
+"""One worker's sample order for an epoch: resample, partition, shuffle, map back (3.3).
+
+The reference builds the whole ``(nodes, ranks, workers, batches, batch_size)`` epoch once per node
+and shares it through shared memory. Here every worker computes its own slice: the partition is
+evaluated only at the worker's positions, and the shuffle only sorts the canonical nodes the worker
+reads from. The result is the same sample sequence the reference's worker iterates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mdsloader.ordering.partition import PARTITION_ALGOS, worker_partition
+from mdsloader.ordering.py1e import shuffle_py1e
+from mdsloader.ordering.sampling import SAMPLING_METHODS, Resampled, StreamSpec, resample
+from mdsloader.ordering.shuffle import (
+    SHUFFLE_ALGOS,
+    fixed_pieces,
+    get_shuffle,
+    validate_shuffle_args,
+)
+
+
+def default_num_canonical_nodes(shuffle_algo: str, physical_nodes: int) -> int:
+    """The reference's default canonical node count: ``64 * P`` for py1s/py2s, else ``P``."""
+    return 64 * physical_nodes if shuffle_algo in ("py1s", "py2s") else physical_nodes
+
+
+def default_shuffle_block_size(num_canonical_nodes: int) -> int:
+    """The reference's default shuffle block size: ``max(4_000_000 // NCN, 1 << 18)``."""
+    return max(4_000_000 // num_canonical_nodes, 1 << 18)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderSettings:
+    """Every dataset setting that decides the sample order (all resolved, no None).
+
+    Attributes:
+        shuffle: Whether to shuffle.
+        shuffle_algo: One of ``py1e``, ``py1br``, ``py1s``, ``py2s``, ``naive``.
+        shuffle_seed: Run seed (non-negative).
+        shuffle_block_size: Shuffle block size (see :func:`default_shuffle_block_size`).
+        partition_algo: ``orig`` or ``relaxed``.
+        num_canonical_nodes: Canonical node count (see :func:`default_num_canonical_nodes`).
+        batch_size: Per-device batch size.
+        sampling_method: ``balanced`` or ``fixed``.
+        sampling_granularity: Samples per pick for fractional repeats.
+    """
+
+    shuffle: bool
+    shuffle_algo: str
+    shuffle_seed: int
+    shuffle_block_size: int
+    partition_algo: str
+    num_canonical_nodes: int
+    batch_size: int
+    sampling_method: str
+    sampling_granularity: int
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("shuffle_algo", self.shuffle_algo, SHUFFLE_ALGOS),
+            ("partition_algo", self.partition_algo, PARTITION_ALGOS),
+            ("sampling_method", self.sampling_method, SAMPLING_METHODS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}")
+        if self.shuffle_seed < 0:
+            raise ValueError(f"`shuffle_seed` must be non-negative, got {self.shuffle_seed}")
+        for name in ("shuffle_block_size", "num_canonical_nodes", "batch_size",
+                     "sampling_granularity"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Where a worker sits. ``workers_per_rank`` 0 (no DataLoader workers) counts as 1.
+
+    Attributes:
+        num_nodes: Physical nodes.
+        ranks_per_node: Ranks per node.
+        workers_per_rank: DataLoader workers per rank.
+        node: This worker's node.
+        rank_of_node: This worker's rank within its node.
+        worker: This worker's index within its rank.
+    """
+
+    num_nodes: int
+    ranks_per_node: int
+    workers_per_rank: int
+    node: int
+    rank_of_node: int
+    worker: int
+
+    def __post_init__(self) -> None:
+        if self.workers_per_rank == 0:
+            object.__setattr__(self, "workers_per_rank", 1)
+        for name, size in (("num_nodes", self.num_nodes), ("ranks_per_node", self.ranks_per_node),
+                           ("workers_per_rank", self.workers_per_rank)):
+            if size < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {size}")
+        for name, value, bound in (("node", self.node, self.num_nodes),
+                                   ("rank_of_node", self.rank_of_node, self.ranks_per_node),
+                                   ("worker", self.worker, self.workers_per_rank)):
+            if not 0 <= value < bound:
+                raise ValueError(f"`{name}` must be in [0, {bound}), got {value}")
+
+
+def worker_sample_ids(
+    streams: Sequence[StreamSpec],
+    choose_per_stream: Sequence[int],
+    settings: OrderSettings,
+    topology: Topology,
+    *,
+    epoch: int,
+    sample_in_epoch: int,
+    initial_physical_nodes: int | None,
+) -> np.ndarray:
+    """The global sample ids this worker yields this epoch, in order, padding removed.
+
+    Args:
+        streams: The dataset's streams.
+        choose_per_stream: Samples per stream per epoch (:func:`resolve_stream_choose`).
+        settings: Order settings.
+        topology: This worker's place.
+        epoch: Epoch.
+        sample_in_epoch: Global samples already consumed this epoch (resumption).
+        initial_physical_nodes: Node count of the first run, for ``relaxed`` resumption.
+
+    Returns:
+        An int64 array of global sample ids.
+
+    Raises:
+        ValueError: On invalid settings or a resumption point past the end of the epoch.
+    """
+    resampled = resample(streams, choose_per_stream, epoch=epoch, seed=settings.shuffle_seed,
+                         shuffle=settings.shuffle, sampling_method=settings.sampling_method,
+                         sampling_granularity=settings.sampling_granularity)
+    epoch_size = int(resampled.unit_sizes.sum())
+    big = worker_partition(
+        settings.partition_algo, epoch_size, settings.num_canonical_nodes, topology.num_nodes,
+        topology.ranks_per_node, topology.workers_per_rank, settings.batch_size,
+        sample_in_epoch, initial_physical_nodes, node=topology.node,
+        rank_of_node=topology.rank_of_node, worker=topology.worker,
+    )
+    big = big[big != -1]
+    if settings.shuffle:
+        big = shuffled_ids(resampled, settings, epoch, big)
+    return resampled.small_ids(big)
+
+
+def shuffled_ids(resampled: Resampled, settings: OrderSettings, epoch: int,
+                 positions: np.ndarray) -> np.ndarray:
+    """Big ids at the given epoch positions after the shuffle."""
+    units = resampled.unit_sizes
+    ncn, seed, block = settings.num_canonical_nodes, settings.shuffle_seed, \
+        settings.shuffle_block_size
+    if settings.shuffle_algo != "py1e":
+        return get_shuffle(settings.shuffle_algo, units, ncn, seed, epoch, block)[positions]
+    validate_shuffle_args("py1e", units, ncn, seed, epoch, block)
+    needed = canonical_nodes_touched(positions, int(units.sum()), ncn)
+    perm = shuffle_py1e(fixed_pieces(units, ncn, seed), seed, epoch, block, needed)
+    return perm[positions]
+
+
+def canonical_nodes_touched(positions: np.ndarray, total: int, ncn: int) -> np.ndarray:
+    """Mask of the canonical nodes (``[c*N//C, (c+1)*N//C)``) that contain any of ``positions``."""
+    touched = np.zeros(ncn, bool)
+    if ncn == 1 or not positions.size:
+        touched[:] = positions.size > 0
+        return touched
+    # Largest c with c*N//C <= k, i.e. ceil((k+1)*C/N) - 1, without a search.
+    touched[((positions + 1) * ncn + total - 1) // total - 1] = True
+    return touched
