@@ -188,6 +188,12 @@ def _write(
     if cancel is not None and cancel.is_set():
         _abandon(monitor, request.publisher)
         raise ConversionCancelled(_CANCELLED)
+    for row in collected:
+        if row["attempt"]:
+            log.info(
+                "conversion.partition_retried partition=%d attempt=%d",
+                row["partition"], row["attempt"],
+            )
     return [
         PartitionOutput(row["partition"], row["rows"], parse_index(row["index"], source="task"))
         for row in collected
