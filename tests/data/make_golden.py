@@ -19,6 +19,14 @@ import numpy as np
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 
+# A 1x1 grey JPEG, fixed here so jpeg_array samples do not depend on the local libjpeg.
+TINY_JPEG = bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb00430050373c463c32504641465a55505f78c88278"
+    "6e6e78f5afb991c8ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+    "ffffffc0000b080001000101011100ffc40014000100000000000000000000000000000004ffc40014100100"
+    "000000000000000000000000000000ffda0008010100003f001bffd9"
+)
+
 # name -> (columns, writer keyword arguments)
 DATASETS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
     # The 228-byte example of mds-format.md 1.3.
@@ -64,7 +72,7 @@ def _scalar_row(i: int) -> dict[str, Any]:
         "f16": 0.5 * i, "f32": 1.25 / (i + 1), "f64": -1e300 / (i + 1), "int": -(i**9),
         "s": "héllo ✓" * (i % 4), "b": bytes(range(i * 3)), "si": 10**20 * i - 3,
         "sf": 1.0 / (i + 3), "sd": Decimal("1.10") * i, "j": {"k": [i, None, "v"], "ü": i % 2 == 0},
-        "ja": [b"\xff\xd8fake" + bytes([i]), b"\xff\xd8" * (i + 1)],
+        "ja": [TINY_JPEG] * (1 + i % 2),
     }
 
 
