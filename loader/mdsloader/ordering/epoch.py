@@ -9,7 +9,7 @@ reads from. The result is the same sample sequence the reference's worker iterat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import numpy as np
 
@@ -80,6 +80,8 @@ class OrderSettings:
 class Topology:
     """Where a worker sits. ``workers_per_rank`` 0 (no DataLoader workers) counts as 1.
 
+    ``worker_of_rank=`` (the reference's name) is accepted in place of ``worker=``.
+
     Attributes:
         num_nodes: Physical nodes.
         ranks_per_node: Ranks per node.
@@ -94,9 +96,15 @@ class Topology:
     workers_per_rank: int
     node: int
     rank_of_node: int
-    worker: int
+    worker: int = -1
+    worker_of_rank: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, worker_of_rank: int | None) -> None:
+        if worker_of_rank is not None:
+            if self.worker not in (-1, worker_of_rank):
+                raise ValueError(f"`worker` ({self.worker}) and `worker_of_rank` "
+                                 f"({worker_of_rank}) disagree")
+            object.__setattr__(self, "worker", worker_of_rank)
         if self.workers_per_rank == 0:
             object.__setattr__(self, "workers_per_rank", 1)
         for name, size in (("num_nodes", self.num_nodes), ("ranks_per_node", self.ranks_per_node),
