@@ -1,0 +1,247 @@
+"""REST to Celery worker to Spark to S3 to the loader: real processes, real services on loopback.
+
+One worker process (solo pool, its own Spark session) serves the success and cancel tests; the
+kill test starts its own two workers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import AppSettings
+from tests.conftest import require
+from tests.service.conftest import AUTH, TOKEN
+from tests.service.workers import CeleryWorker
+from worker.jobs import RedisJobStore
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROWS = 4_000
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def write_source(directory: Path, rows: int, files: int = 4) -> str:
+    """A path-based parquet table (no metastore needed); returns its Spark identifier."""
+    directory.mkdir(parents=True)
+    per_file = rows // files
+    for part in range(files):
+        ids = list(range(part * per_file, (part + 1) * per_file))
+        table = pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "name": pa.array([f"row-{i}-" + "x" * (i % 17) for i in ids]),
+                "score": pa.array([i * 0.5 for i in ids], pa.float64()),
+                "emb": pa.array([[float(i), float(-i), 0.25] for i in ids], pa.list_(pa.float32())),
+            }
+        )
+        pq.write_table(table, directory / f"part-{part}.parquet")
+    return f"parquet.`{directory}`"
+
+
+class Env:
+    """Everything one group of tests shares: Redis keys, queue, S3 bucket, data dirs."""
+
+    def __init__(self, redis_url: str, bucket: str, base: Path) -> None:
+        self.prefix = f"e{uuid.uuid4().hex[:10]}"
+        self.bucket, self.base = bucket, base
+        self.settings = AppSettings(
+            redis_url=redis_url,
+            redis_prefix=self.prefix,
+            celery_queue=f"{self.prefix}-q",
+            api_tokens=[TOKEN],
+            allowed_targets=[bucket],
+            outbox_delay=1,
+            outbox_interval=1,
+        )
+
+    def worker_env(self, name: str, **extra: str) -> dict[str, str]:
+        return {
+            "REDIS_URL": self.settings.redis_url,
+            "REDIS_PREFIX": self.prefix,
+            "CELERY_QUEUE": self.settings.celery_queue,
+            "DATA_DIR": str(self.base / f"data-{name}"),
+            "SPARK_MASTER": "local[1]",
+            "SPARK_CONF": json.dumps({"spark.sql.shuffle.partitions": "4"}),
+            "WORKER_PROGRESS_INTERVAL": "0.5",
+            "WORKER_CANCEL_POLL_INTERVAL": "0.2",
+            "WORKER_LOG_JSON": "true",
+            **extra,
+        }
+
+    def worker(self, name: str, **extra: str) -> CeleryWorker:
+        return CeleryWorker(self.worker_env(name, **extra), self.base / f"{name}.log", name)
+
+
+@pytest.fixture(scope="module")
+def env(redis_server, s3_endpoint, tmp_path_factory) -> Env:
+    require(__import__("shutil").which("java") is not None, "java is not installed")
+    import boto3
+
+    bucket = f"e2e-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return Env(redis_server.url, f"s3://{bucket}", tmp_path_factory.mktemp("e2e"))
+
+
+@pytest.fixture(scope="module")
+def source(env: Env) -> str:
+    return write_source(env.base / "source", ROWS)
+
+
+@pytest.fixture(scope="module")
+def api(env: Env) -> Iterator[TestClient]:
+    with TestClient(create_app(env.settings), headers=AUTH) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def worker(env: Env) -> Iterator[CeleryWorker]:
+    process = env.worker("main").start()
+    yield process
+    process.stop()
+
+
+def wait_for(api: TestClient, job_id: str, states: set[str], timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in states:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+def read_dataset(target: str, local: Path) -> list[dict]:
+    """Download the published dataset and read every sample with the loader's reader."""
+    from mdsloader.mds.reader import open_local_dataset
+    from mdsloader.storage import open_storage
+
+    storage = open_storage(target)
+    index = json.loads(storage.read_bytes("index.json"))
+    for shard in index["shards"]:
+        data = shard["zip_data"] or shard["raw_data"]
+        (local / data["basename"]).parent.mkdir(parents=True, exist_ok=True)
+        storage.download_file(data["basename"], str(local / data["basename"]))
+    storage.download_file("index.json", str(local / "index.json"))
+    dataset = open_local_dataset(str(local))
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def referenced_files(storage) -> set[str]:
+    """The index, its shards, and each partition directory's own index.json (mds-format 1.1)."""
+    index = json.loads(storage.read_bytes("index.json"))
+    names = {"index.json"}
+    for shard in index["shards"]:
+        basename = (shard["zip_data"] or shard["raw_data"])["basename"]
+        names |= {basename, f"{basename.rpartition('/')[0]}/index.json"}
+    return names
+
+
+def assert_same_rows(samples: list[dict], rows: int) -> None:
+    assert len(samples) == rows
+    by_id = sorted(samples, key=lambda s: int(s["id"]))
+    for expected, sample in enumerate(by_id):
+        assert int(sample["id"]) == expected
+        assert sample["name"] == f"row-{expected}-" + "x" * (expected % 17)
+        assert float(sample["score"]) == expected * 0.5
+        assert [float(v) for v in sample["emb"]] == [float(expected), float(-expected), 0.25]
+
+
+def submit(api: TestClient, source: str, target: str, **extra: object) -> dict:
+    body = {"source_table": source, "target": target, "compression": "zstd:3", **extra}
+    response = api.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_submit_convert_and_read_back_every_row(api, env, source, worker, tmp_path) -> None:
+    job = submit(api, source, f"{env.bucket}/events/v1", partitions=4)
+    done = wait_for(api, job["id"], FINAL)
+    assert done["state"] == "succeeded", f"{done}\n{worker.log_tail()}"
+    result = done["result"]
+    assert result["samples"] == ROWS and result["shards"] >= 4
+    assert result["index_url"].startswith(f"{env.bucket}/events/v1")
+    assert done["progress"]["rows_written"] == ROWS
+    assert [(t["source"], t["target"]) for t in done["transitions"]] == [
+        (None, "queued"),
+        ("queued", "running"),
+        ("running", "succeeded"),
+    ]
+    assert_same_rows(read_dataset(f"{env.bucket}/events/v1", tmp_path), ROWS)
+    metrics = api.get("/metrics").text
+    assert 'mds_convert_jobs_finished_total{state="succeeded"} 1.0' in metrics
+    assert f"mds_convert_rows_written_total {float(ROWS)}" in metrics
+
+
+def test_cancel_a_running_job_publishes_nothing(api, env, worker, tmp_path) -> None:
+    from mdsloader.storage import open_storage
+
+    big = write_source(tmp_path / "big", 400_000, files=8)
+    target = f"{env.bucket}/cancelled"
+    job = submit(api, big, target, partitions=16, compression="gz:9")
+    wait_for(api, job["id"], {"running"} | FINAL, timeout=120)
+    time.sleep(1.0)
+    response = api.post(f"/v1/jobs/{job['id']}/cancel")
+    assert response.status_code == 202, response.text
+    asked = time.monotonic()
+    done = wait_for(api, job["id"], FINAL, timeout=60)
+    assert done["state"] == "cancelled", f"{done}\n{worker.log_tail()}"
+    assert time.monotonic() - asked < 30
+    assert done["result"] is None
+    assert [(t["source"], t["target"]) for t in done["transitions"]][-2:] == [
+        ("running", "cancelling"),
+        ("cancelling", "cancelled"),
+    ]
+    assert open_storage(target).list("") == []
+
+
+def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker) -> None:
+    from mdsloader.storage import open_storage
+
+    worker.stop()  # only the two workers of this test may take the job
+    big = write_source(tmp_path / "kill", 200_000, files=8)
+    target = f"{env.bucket}/killed"
+    short = {
+        "CELERY_VISIBILITY_TIMEOUT": "12",
+        "WORKER_LEASE_TTL": "4",
+        "WORKER_RESTORE_INTERVAL": "1",
+    }
+    first = env.worker("first", **short).start()
+    try:
+        job = submit(api, big, target, partitions=16, compression="gz:9")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            current = api.get(f"/v1/jobs/{job['id']}").json()
+            if current["progress"]["partitions_done"] >= 1 or current["state"] in FINAL:
+                break
+            time.sleep(0.2)
+        assert current["state"] == "running", f"{current}\n{first.log_tail()}"
+    finally:
+        first.kill()
+    store = RedisJobStore.from_url(env.settings.redis_url, prefix=env.prefix)
+    second = env.worker("second", **short).start()
+    try:
+        done = wait_for(api, job["id"], FINAL, timeout=180)
+        assert done["state"] == "succeeded", f"{done}\n{second.log_tail()}"
+    finally:
+        second.stop()
+    edges = [(t["source"], t["target"], t["attempt"]) for t in done["transitions"]]
+    assert edges == [
+        (None, "queued", 0),
+        ("queued", "running", 1),
+        ("running", "running", 2),
+        ("running", "succeeded", 2),
+    ]
+    assert done["attempts"] == 2 and done["result"]["samples"] == 200_000
+    storage = open_storage(target)
+    assert set(storage.list("")) == referenced_files(storage), "orphaned shards after redelivery"
+    assert store.client.exists(store.lease_key(job["id"])) == 0
