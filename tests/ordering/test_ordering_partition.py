@@ -90,7 +90,7 @@ def test_relaxed_resumption_on_another_node_count_matches_reference(ref_partitio
     for ncn, initial, nodes, ranks in itertools.product((4, 8), (1, 2, 4), (3, 6), (1, 2)):
         batch = 24 // (nodes * ranks)
         for num_samples in (97, 1000):
-            for drop in _drops(num_samples, nodes * ranks, rng)[:3] + [240]:
+            for drop in [*_drops(num_samples, nodes * ranks, rng)[:3], 240]:
                 args = ("relaxed", num_samples, ncn, nodes, ranks, 2, batch, drop, initial)
                 _assert_same(ref_partitions, args)
 

@@ -1,0 +1,157 @@
+"""Shuffles equal the reference's ``get_shuffle`` exactly; the fast position sort is exact."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from mdsloader.ordering import SHUFFLE_ALGOS, get_shuffle
+from mdsloader.ordering.argsort import _colliding_neighbours, argsort_positions
+from mdsloader.ordering.py1e import _skip_uniforms, shuffle_py1e
+from mdsloader.ordering.shuffle import fixed_pieces
+from mdsloader.ordering.spans import cut_pieces
+
+
+@pytest.fixture(scope="module")
+def ref_shuffle(reference):
+    from streaming.base.shuffle import get_shuffle as ref
+
+    return ref
+
+
+def _both(ref, algo, sizes, ncn, seed, epoch, block):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expected, error = ref(algo, np.asarray(sizes, np.int64), ncn, seed, epoch, block), None
+        except ValueError as exc:
+            expected, error = None, exc
+        if error is not None:
+            with pytest.raises(ValueError):
+                get_shuffle(algo, sizes, ncn, seed, epoch, block)
+            return None
+        got = get_shuffle(algo, sizes, ncn, seed, epoch, block)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected, err_msg=f"{algo} {list(sizes)} {ncn} {seed}")
+    return got
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("algo", SHUFFLE_ALGOS)
+def test_shuffle_random_cases_match_reference(ref_shuffle, algo):
+    rng = np.random.default_rng(SHUFFLE_ALGOS.index(algo))
+    for _ in range(250):
+        sizes = rng.integers(0, 40, int(rng.integers(1, 14)))
+        if rng.random() < 0.4:
+            sizes[rng.integers(0, len(sizes))] = 0  # empty shards keep their place in the order
+        ncn = int(rng.choice([1, 2, 3, 4, 8]))
+        block = int(rng.choice([2, 7, 20, 100, 1 << 18]))
+        _both(ref_shuffle, algo, sizes, ncn, int(rng.integers(0, 10_000)), int(rng.integers(0, 3)),
+              block)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("algo", SHUFFLE_ALGOS)
+@pytest.mark.parametrize("ncn", [1, 8])
+def test_shuffle_of_many_uneven_shards_matches_reference(ref_shuffle, algo, ncn):
+    sizes = np.random.default_rng(7).integers(0, 900, 120)
+    for epoch in (0, 1):
+        got = _both(ref_shuffle, algo, sizes, ncn, 9176, epoch, 4_000 // ncn)
+        assert sorted(got.tolist()) == list(range(int(sizes.sum())))
+
+
+@pytest.mark.parametrize("algo", SHUFFLE_ALGOS)
+def test_shuffle_changes_with_epoch_and_is_deterministic(algo):
+    sizes = np.full(20, 50)
+    first = get_shuffle(algo, sizes, 2, 1, 0, 300)
+    np.testing.assert_array_equal(first, get_shuffle(algo, sizes, 2, 1, 0, 300))
+    assert not np.array_equal(first, get_shuffle(algo, sizes, 2, 1, 1, 300))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (("nope", [3], 1, 0, 0, 10), "shuffle_algo"),
+        (("py1s", [3], 0, 0, 0, 10), "num_canonical_nodes"),
+        (("py1s", [3], 1, -1, 0, 10), "shuffle_seed"),
+        (("py1s", [3], 1, 0, -1, 10), "epoch"),
+        (("py1e", [3], 1, 0, 0, 0), "shuffle_block_size"),
+        (("py1s", [3, -1], 1, 0, 0, 10), "shard_sizes"),
+        (("py1e", [1, 1], 4, 0, 0, 10), "Canonical node"),
+    ],
+)
+def test_shuffle_rejects_invalid_arguments(args, match):
+    with pytest.raises(ValueError, match=match):
+        get_shuffle(*args)
+
+
+def test_py1e_warns_when_shards_exceed_the_block():
+    with pytest.warns(UserWarning, match="block size"):
+        get_shuffle("py1e", np.full(4, 100), 1, 0, 0, 10)
+
+
+def test_py1e_skipping_a_canonical_node_keeps_the_others_exact():
+    sizes = np.random.default_rng(1).integers(1, 5000, 60)
+    pieces = fixed_pieces(sizes, 4, 5)
+    full = shuffle_py1e(pieces, 5, 2, 20_000)
+    needed = np.array([False, True, False, True])
+    partial = shuffle_py1e(pieces, 5, 2, 20_000, needed)
+    for c in np.flatnonzero(needed):
+        part = slice(pieces.sample_bounds[c], pieces.sample_bounds[c + 1])
+        np.testing.assert_array_equal(partial[part], full[part])
+
+
+def test_skipping_uniforms_leaves_the_generator_where_drawing_does():
+    for count in (0, 10, 5000, 100_000):
+        drawn, skipped = np.random.default_rng(3), np.random.default_rng(3)
+        for rng in (drawn, skipped):
+            rng.integers(0, 7)  # leaves a buffered 32-bit half behind in some numpy versions
+            rng.shuffle(np.arange(9))  # 32-bit draws: leaves a buffered half
+        drawn.uniform(0.0, 1.0, count)
+        _skip_uniforms(skipped, count)
+        assert drawn.bit_generator.state == skipped.bit_generator.state
+        assert drawn.integers(0, 1 << 40) == skipped.integers(0, 1 << 40)
+
+
+def test_cut_pieces_splits_at_canonical_bounds_and_keeps_empty_shards():
+    # Layout sizes 4, 0, 6 over 3 parts of 10 samples: bounds at 3 and 6.
+    pieces = cut_pieces(np.array([100, 200, 300]), np.array([4, 0, 6]), 3)
+    assert pieces.sizes.tolist() == [3, 1, 0, 2, 4]
+    assert pieces.begins.tolist() == [100, 103, 200, 300, 302]
+    assert pieces.part_bounds.tolist() == [0, 1, 4, 5]
+    assert pieces.sample_bounds.tolist() == [0, 3, 6, 10]
+
+
+def _positions(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
+    if kind == "uniform":
+        return rng.random(n) * n
+    if kind == "ties":
+        return np.floor(rng.random(n) * n * 4) / 4
+    if kind == "dense":
+        return np.round(rng.random(n) * 3, 12)
+    return rng.normal(0, n, n)  # outside [0, n): the plain argsort fallback
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "dense", "outside"])
+def test_argsort_positions_equals_stable_argsort(kind):
+    rng = np.random.default_rng(len(kind))
+    for _ in range(50):
+        values = _positions(kind, rng, int(rng.integers(1, 4000)))
+        np.testing.assert_array_equal(argsort_positions(values), np.argsort(values, kind="stable"))
+
+
+def test_argsort_positions_reorders_distinct_values_that_share_a_quantum():
+    # 3000 positions keep 40 fractional bits; spreads of 2**-44 collide but are distinct.
+    rng = np.random.default_rng(0)
+    n = 3000
+    values = np.floor(rng.random(n) * 50) + rng.random(n) * 2.0**-44
+    assert _colliding_neighbours(np.sort(_keys(values)), 12).size > n // 2
+    np.testing.assert_array_equal(argsort_positions(values, in_range=True),
+                                  np.argsort(values, kind="stable"))
+
+
+def _keys(values: np.ndarray) -> np.ndarray:
+    keys = (values * 2.0**40).astype(np.uint64) << np.uint64(12)
+    return keys | np.arange(values.size, dtype=np.uint64)
