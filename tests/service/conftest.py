@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import AppSettings
+from tests.conftest import free_port
 from worker.jobs import RedisJobStore
 
 TOKEN = "test-token-0123456789"
@@ -72,3 +75,34 @@ def store(redis_server, prefix: str) -> Iterator[RedisJobStore]:
     job_store = RedisJobStore.from_url(redis_server.url, prefix=prefix)
     yield job_store
     job_store.client.close()
+
+
+class LiveServer:
+    """The app served by uvicorn on a loopback port, in a thread (a real HTTP server)."""
+
+    def __init__(self, app, port: int) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+        self.server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def live_api(app_settings: AppSettings, enqueuer: RecordingEnqueuer) -> Iterator[LiveServer]:
+    with LiveServer(create_app(app_settings, enqueue=enqueuer), free_port()) as server:
+        yield server
