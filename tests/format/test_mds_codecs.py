@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import sys
 
+import numpy as np
 import pytest
 import xxhash
 import zstandard
@@ -139,3 +140,13 @@ def test_compression_names_and_bytes_match_the_reference(reference):
         assert ours == compress(name, DATA)
         assert decompress(name, ours) == DATA
     assert decompress("gz", get_codec("gz").compress(DATA)) == DATA
+
+
+@pytest.mark.interop
+def test_zstd_matches_the_reference_on_multi_megabyte_shards(reference):
+    from streaming.base.compression import compress
+
+    rng = np.random.default_rng(0)
+    data = rng.bytes(3 << 20) + bytes(2 << 20) + b"text " * (1 << 20)
+    for name in ("zstd", "zstd:1", "zstd:9"):
+        assert get_codec(name).compress(data) == compress(name, data), name

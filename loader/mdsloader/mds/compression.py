@@ -65,8 +65,11 @@ class Codec:
         gz output carries a fixed header mtime of 0 so that it is reproducible; readers ignore it.
         """
         if self.family == "zstd":
-            # One-shot compression records the content size, like python-zstd's zstd.compress.
-            return zstandard.ZstdCompressor(level=self.level).compress(data)
+            # python-zstd (the reference) always uses zstd's multi-threaded mode, whose frames
+            # differ from single-threaded ones beyond a few MB but do not depend on the thread
+            # count; threads=-1 gives identical bytes, records the content size, and uses all
+            # cores for a final shard.
+            return zstandard.ZstdCompressor(level=self.level, threads=-1).compress(data)
         if self.family == "gz":
             return gzip.compress(data, self.level, mtime=0)
         if self.family == "bz2":
