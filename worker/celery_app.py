@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from worker.logging import configure_logging
 from worker.settings import SharedSettings, WorkerSettings, get_worker_settings
 
 TASK_NAME = "conversion.run"
@@ -49,6 +50,13 @@ def make_celery(settings: SharedSettings) -> Celery:
     )
     app.conf["mds_settings"] = settings
     return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(**kwargs: Any) -> None:
+    """Worker processes log JSON lines (with the job id inside a job) instead of Celery's format."""
+    loglevel = kwargs.get("loglevel") or "INFO"
+    configure_logging(json_lines=get_worker_settings().log_json, level=loglevel)
 
 
 def __getattr__(name: str) -> Any:

@@ -71,7 +71,9 @@ class Env:
             "CELERY_QUEUE": self.settings.celery_queue,
             "DATA_DIR": str(self.base / f"data-{name}"),
             "SPARK_MASTER": "local[1]",
-            "SPARK_CONF": json.dumps({"spark.sql.shuffle.partitions": "4"}),
+            "SPARK_CONF": json.dumps(
+                {"spark.sql.shuffle.partitions": "4", "spark.ui.showConsoleProgress": "false"}
+            ),
             "WORKER_PROGRESS_INTERVAL": "0.5",
             "WORKER_CANCEL_POLL_INTERVAL": "0.2",
             "WORKER_LOG_JSON": "true",
