@@ -1,0 +1,138 @@
+"""Child processes of the quick start (Redis, the API, the worker) and stopping all of them.
+
+Every child runs in its own session, so that stopping it reaches its whole process group (the
+worker's Spark JVM included) and a Ctrl-C in the terminal reaches only the quick start, which
+then stops the children in reverse order of their start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class StartupError(RuntimeError):
+    """A prerequisite is missing, or a service did not come up (the message says which)."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def is_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class Child:
+    """One started service: its process (a group leader) and the file its output goes to."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check_alive(self) -> None:
+        """Raise with the end of the log if the process has exited."""
+        code = self.process.poll()
+        if code is not None:
+            raise StartupError(f"{self.name} exited with status {code}; its log ends with:\n"
+                               f"{self.log_tail()}")
+
+    def log_tail(self, size: int = 4000) -> str:
+        try:
+            data = self.log_path.read_bytes()[-size:]
+        except OSError:
+            return "(no log)"
+        return data.decode(errors="replace")
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM the group, then SIGKILL what is left after ``grace`` seconds."""
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # The group may outlive its leader (a JVM whose parent exited): kill the rest in any case.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@dataclass
+class Supervisor:
+    """Starts children with their output in ``log_dir`` and stops them all, newest first."""
+
+    log_dir: Path
+    children: list[Child] = field(default_factory=list)
+
+    def spawn(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
+    ) -> Child:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                list(argv), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        child = Child(name, process, log_path)
+        self.children.append(child)
+        return child
+
+    def check_alive(self) -> None:
+        for child in self.children:
+            child.check_alive()
+
+    def stop_all(self, grace: float = 15.0) -> list[str]:
+        """Stop every child (newest first); returns their names in the order stopped."""
+        stopped = []
+        while self.children:
+            child = self.children.pop()
+            child.stop(grace)
+            stopped.append(child.name)
+        return stopped
+
+
+def wait_until(
+    ready: Callable[[], bool], *, timeout: float, what: str, child: Child | None = None
+) -> None:
+    """Poll ``ready`` until it holds; fail early if ``child`` dies, or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        if child is not None:
+            child.check_alive()
+        time.sleep(0.2)
+    tail = f"; its log ends with:\n{child.log_tail()}" if child is not None else ""
+    raise StartupError(f"{what} not ready after {timeout:.0f}s{tail}")
+
+
+def require_binary(name: str, hint: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StartupError(f"{name} is not installed: {hint}")
+    return path
