@@ -55,7 +55,8 @@ def get_spark(settings: object | None = None) -> SparkSession:
     with _lock:
         if _session is not None and _session_pid == os.getpid():
             return _session
-        if _inherited or (_session_pid is not None and _session_pid != os.getpid()):
+        forked = _session_pid is not None and _session_pid != os.getpid()
+        if _inherited or forked or _has_foreign_jvm():
             _forget_inherited_spark()
             _inherited = False
         _session = build_spark_session(**_settings_kwargs(settings))
@@ -99,6 +100,18 @@ def _mark_forked() -> None:
 
 
 os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _has_foreign_jvm() -> bool:
+    """Whether pyspark holds a gateway to a JVM that is not this process's child.
+
+    That is the case in a forked child (even when this module was first imported after the
+    fork): ``Popen.poll`` cannot wait for another process's child and reports it as gone.
+    """
+    from pyspark import SparkContext
+
+    process = getattr(SparkContext._gateway, "proc", None)
+    return process is not None and process.poll() is not None
 
 
 def _forget_inherited_spark() -> None:
