@@ -194,10 +194,11 @@ class NDArrayEncoding(Encoding):
     unsigned type holding max(shape): 0 uint8, 1 uint16, 2 uint32, 3 uint64.
     """
 
-    __slots__ = ("dtype", "shape")
+    __slots__ = ("_code", "dtype", "shape")
 
     def __init__(self, name: str, dtype: str | None, shape: tuple[int, ...] | None) -> None:
         self.dtype = np.dtype(dtype).newbyteorder("<") if dtype else None
+        self._code = NDARRAY_DTYPES[dtype] if dtype else -1
         self.shape = shape
         size = None
         if self.dtype is not None and shape is not None:
@@ -207,25 +208,26 @@ class NDArrayEncoding(Encoding):
     def _encode(self, value: Any) -> bytes:
         if not isinstance(value, np.ndarray):
             raise self._error(value)
-        name = value.dtype.name
-        code = NDARRAY_DTYPES.get(name)
-        if code is None or value.dtype.kind not in "uif":
-            raise self._error(value, f"unsupported dtype {value.dtype}")
-        if self.dtype is not None and name != self.dtype.name:
-            raise self._error(value, f"wrong dtype: expected {self.dtype.name}, got {name}")
+        dtype = value.dtype
+        code = _dtype_code(dtype)
+        if code < 0:
+            raise self._error(value, f"unsupported dtype {dtype}")
+        if self.dtype is not None and code != self._code:
+            raise self._error(value, f"wrong dtype: expected {self.dtype.name}, got {dtype.name}")
         if value.ndim == 0:
             raise self._error(value, "0-d arrays are not supported; use a scalar encoding")
         if value.size == 0:
             raise self._error(value, "arrays with 0 elements are not supported")
-        if value.dtype.byteorder == ">":
-            value = value.astype(value.dtype.newbyteorder("<"))
-        parts = [] if self.dtype is not None else [bytes([code])]
+        if dtype.byteorder == ">":
+            value = value.astype(dtype.newbyteorder("<"))
         if self.shape is None:
-            parts.append(shape_header(value.shape))
-        elif value.shape != self.shape:
+            head = shape_header(value.shape)
+            if self.dtype is None:
+                head = bytes([code]) + head
+            return head + value.tobytes()
+        if value.shape != self.shape:
             raise self._error(value, f"wrong shape: expected {self.shape}, got {value.shape}")
-        parts.append(value.tobytes())
-        return b"".join(parts)
+        return value.tobytes() if self.dtype is not None else bytes([code]) + value.tobytes()
 
     def _decode(self, data: bytes | memoryview) -> np.ndarray:
         pos = 0
@@ -250,7 +252,19 @@ def shape_header(shape: tuple[int, ...]) -> bytes:
         raise EncodingError(f"ndarray has too many axes: at most 63, got {ndim}")
     biggest = max(shape)
     code = 0 if biggest < 1 << 8 else 1 if biggest < 1 << 16 else 2 if biggest < 1 << 32 else 3
-    return bytes([(ndim << 2) | code]) + np.array(shape, _SHAPE_DTYPES[code]).tobytes()
+    return struct.pack(f"<B{ndim}{'BHIQ'[code]}", (ndim << 2) | code, *shape)
+
+
+# dtype -> its dtype byte, or -1 if ndarray cannot store it; dtype.name is slow in numpy.
+_DTYPE_CODES: dict[np.dtype, int] = {}
+
+
+def _dtype_code(dtype: np.dtype) -> int:
+    code = _DTYPE_CODES.get(dtype)
+    if code is None:
+        code = NDARRAY_DTYPES.get(dtype.name, -1) if dtype.kind in "uif" else -1
+        _DTYPE_CODES[dtype] = code
+    return code
 
 
 def _parse_ndarray(name: str) -> NDArrayEncoding:

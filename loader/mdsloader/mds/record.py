@@ -67,7 +67,11 @@ class RecordEncoder:
 
     def __init__(self, plan: ColumnPlan) -> None:
         self.plan = plan
-        self._steps = list(zip(plan.names, plan.coders(), plan.sizes))
+        coders = plan.coders()
+        self._steps = [
+            (name, coder, size, coder.name == "str", *_int_packer(coder))
+            for name, coder, size in zip(plan.names, coders, plan.sizes)
+        ]
         num_var = sum(size is None for size in plan.sizes)
         self._pack_lengths = struct.Struct(f"<{num_var}I").pack
 
@@ -79,11 +83,22 @@ class RecordEncoder:
         """
         lengths = []
         parts = []
-        for name, coder, size in self._steps:
+        for name, coder, size, is_str, pack, lo, hi in self._steps:
             try:
-                data = coder.encode(sample[name])
+                value = sample[name]
+                # Inlined common cases (str, pass-through bytes): this loop is the hot path.
+                if is_str and type(value) is str:
+                    data = value.encode("utf-8")
+                elif pack is not None and type(value) is int and lo <= value <= hi:
+                    data = pack(value)
+                elif type(value) is bytes:
+                    data = value
+                else:
+                    data = coder.encode(value)
             except KeyError:
                 raise EncodingError(f"sample has no value for column {name!r}") from None
+            except UnicodeEncodeError as exc:
+                raise EncodingError(f"column {name!r}: cannot encode as UTF-8: {exc}") from exc
             except EncodingError as exc:
                 raise EncodingError(f"column {name!r}: {exc}") from exc
             if size is None:
@@ -99,6 +114,18 @@ class RecordEncoder:
         except struct.error as exc:
             raise EncodingError(f"a column value is 4 GiB or larger: {exc}") from None
         return head + b"".join(parts)
+
+
+def _int_packer(coder: Encoding) -> tuple[Any, int, int]:
+    """A struct packer and range for Python ints into an integer column (else no fast path)."""
+    if coder.name == "int":
+        return struct.Struct("<q").pack, -(1 << 63), (1 << 63) - 1
+    if isinstance(coder, ScalarEncoding) and coder.dtype.kind in "iu":
+        info = np.iinfo(coder.dtype)
+        char = {1: "b", 2: "h", 4: "i", 8: "q"}[coder.dtype.itemsize]
+        char = char.upper() if coder.dtype.kind == "u" else char
+        return struct.Struct(f"<{char}").pack, int(info.min), int(info.max)
+    return None, 0, -1
 
 
 class SampleDecoder:
