@@ -277,3 +277,30 @@ def test_index_json_is_the_reference_format(tmp_path):
     assert sorted(shard) == ["column_encodings", "column_names", "column_sizes", "compression",
                              "format", "hashes", "raw_data", "samples", "size_limit", "version",
                              "zip_data"]
+
+
+def test_progress_bar_counts_shards(tmp_path, capsys):
+    write(tmp_path, rows(40), size_limit=500, progress_bar=True, max_workers=1)
+    assert "shards written" in capsys.readouterr().err
+
+
+def test_remote_url_writes_through_a_temporary_directory(tmp_path, monkeypatch):
+    from mdsloader.storage import LocalStorage
+
+    remote = LocalStorage(str(tmp_path / "bucket"))
+    seen = {}
+
+    def fake_open(url, retries):
+        seen.update(url=url, retries=retries)
+        return remote
+
+    # Only the URL -> storage lookup is replaced; uploads go through a real LocalStorage.
+    monkeypatch.setattr("mdsloader.mds.writer._open_remote", fake_open)
+    writer = MDSWriter(columns=COLUMNS, out="s3://bucket/prefix", retry=3)
+    local = writer.local
+    for sample in rows(10):
+        writer.write(sample)
+    writer.finish()
+    assert seen == {"url": "s3://bucket/prefix", "retries": 3}
+    assert not os.path.exists(local)
+    assert read_index(tmp_path / "bucket").num_samples == 10
