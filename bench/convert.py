@@ -1,0 +1,111 @@
+"""Benchmark: Spark DataFrame -> MDS, mosaicml-streaming's ``dataframe_to_mds`` against ours.
+
+The same cached DataFrame (int64, int32, a 50-150 character string, array<float> of 64 and
+200-1000 random bytes; 8 partitions) is converted by both on one local[2] session, with zstd:3,
+xxh64 and 64 MiB shards, to local directories. Prints a markdown table.
+
+    python bench/convert.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COMPRESSION, HASHES, SIZE_LIMIT = "zstd:3", ["xxh64"], 1 << 26
+COLUMNS = {"id": "int64", "small": "int32", "text": "str", "emb": "ndarray:float32",
+           "blob": "bytes"}
+
+
+def build_session(master: str):
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return (
+        SparkSession.builder.master(master).appName("bench-convert")
+        .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+        .config("spark.ui.enabled", "false").config("spark.driver.memory", "4g")
+        .config("spark.sql.shuffle.partitions", "8").getOrCreate()
+    )
+
+
+def make_frame(spark, rows: int):
+    """Generated in Spark (deterministic per id), cached and materialised before timing."""
+    df = spark.range(0, rows, numPartitions=8).selectExpr(
+        "id",
+        "cast(id % 2147483647 as int) as small",
+        "substr(repeat(sha2(cast(id as string), 256), 3), 1, 50 + cast(id % 101 as int)) as text",
+        # if(...) keeps containsNull=true: the reference refuses non-nullable arrays (issue #870)
+        "transform(sequence(1, 64), i -> if(i > 0, cast(id * 0.001 + i as float), null)) as emb",
+        "substr(unhex(repeat(sha2(cast(id as string), 512), 16)), 1, 200 + cast(id % 801 as int))"
+        " as blob",
+    )
+    df = df.cache()
+    df.count()
+    return df
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix != ".json")
+
+
+def run_reference(df, out: Path) -> None:
+    from streaming.base.converters import dataframe_to_mds
+
+    dataframe_to_mds(df, merge_index=True, mds_kwargs={
+        "out": str(out), "columns": COLUMNS, "compression": COMPRESSION, "hashes": HASHES,
+        "size_limit": SIZE_LIMIT,
+    })
+
+
+def run_ours(df, out: Path) -> None:
+    from worker.convert.pipeline import dataframe_to_mds
+
+    dataframe_to_mds(df, str(out), compression=COMPRESSION, hashes=tuple(HASHES),
+                     size_limit=SIZE_LIMIT)
+
+
+def timed(name: str, fn, df, rows: int, root: Path) -> dict[str, object]:
+    out = root / name
+    start = time.perf_counter()
+    fn(df, out)
+    seconds = time.perf_counter() - start
+    size = dir_bytes(out)
+    return {"name": name, "seconds": seconds, "rows_s": rows / seconds,
+            "mb_s": size / seconds / 1e6, "size": size}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+    spark = build_session(args.master)
+    spark.sparkContext.setLogLevel("ERROR")
+    df = make_frame(spark, args.rows)
+    root = Path(tempfile.mkdtemp(prefix="bench-convert-"))
+    try:
+        results = [] if args.skip_reference else [
+            timed("mosaicml-streaming", run_reference, df, args.rows, root)
+        ]
+        results.append(timed("mds-convert", run_ours, df, args.rows, root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        spark.stop()
+    print(f"\n{args.rows:,} rows, {args.master}, {COMPRESSION}, xxh64, 64 MiB shards\n")
+    print("| converter | seconds | rows/s | MB/s (shard bytes written) | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    base = results[0]["seconds"]
+    for r in results:
+        print(f"| {r['name']} | {r['seconds']:.1f} | {r['rows_s']:,.0f} | {r['mb_s']:.1f} | "
+              f"{base / r['seconds']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
