@@ -188,3 +188,18 @@ def test_json_log_lines_carry_the_job_id() -> None:
     assert first["event"] == "job.started" and first["job_id"] == "job-1" and first["attempt"] == 2
     assert first["level"] == "info" and first["time"].endswith("+00:00")
     assert "job_id" not in second
+
+
+def test_the_api_never_imports_spark_or_the_conversion() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, app.main, app.cli\n"
+        "app.main.create_app(app.settings.AppSettings(api_tokens=['x']))\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] == 'pyspark' or m in "
+        "('worker.tasks', 'worker.convert.pipeline', 'worker.convert.spark')]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
