@@ -7,6 +7,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from app.main import create_app
 from worker.jobs import JobState, RedisJobStore
 
 pytestmark = pytest.mark.integration
@@ -168,3 +169,12 @@ def test_a_failed_enqueue_is_retried_by_the_outbox(client, enqueuer, store) -> N
     assert enqueuer.sent == [job_id]
     assert store.pending_enqueue(0) == []
     assert sweeper.is_alive()
+
+
+def test_disabled_auth_is_explicit_and_logged(app_settings, enqueuer, caplog) -> None:
+    settings = app_settings.model_copy(update={"auth_disabled": True, "api_tokens": []})
+    with caplog.at_level("WARNING", logger="app.main"):
+        app = create_app(settings, enqueue=enqueuer)
+    assert any("auth.disabled" in r.getMessage() for r in caplog.records)
+    with TestClient(app) as anonymous:
+        assert anonymous.post("/v1/jobs", json=BODY).status_code == 202
