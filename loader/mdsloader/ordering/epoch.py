@@ -14,7 +14,7 @@ from dataclasses import InitVar, dataclass
 import numpy as np
 
 from mdsloader.ordering.partition import PARTITION_ALGOS, worker_partition
-from mdsloader.ordering.py1e import shuffle_py1e
+from mdsloader.ordering.py1e import py1e_order
 from mdsloader.ordering.sampling import SAMPLING_METHODS, Resampled, StreamSpec, resample
 from mdsloader.ordering.shuffle import (
     SHUFFLE_ALGOS,
@@ -155,32 +155,45 @@ def worker_sample_ids(
         sample_in_epoch, initial_physical_nodes, node=topology.node,
         rank_of_node=topology.rank_of_node, worker=topology.worker,
     )
-    big = big[big != -1]
+    big = _strip_padding(big)
     if settings.shuffle:
         big = shuffled_ids(resampled, settings, epoch, big)
     return resampled.small_ids(big)
 
 
+def _strip_padding(ids: np.ndarray) -> np.ndarray:
+    """Drop the -1 padding; usually a suffix, which costs no copy."""
+    count = int(np.count_nonzero(ids != -1))
+    if (ids[count:] == -1).all():
+        return ids[:count]
+    return ids[ids != -1]
+
+
 def shuffled_ids(resampled: Resampled, settings: OrderSettings, epoch: int,
                  positions: np.ndarray) -> np.ndarray:
-    """Big ids at the given epoch positions after the shuffle."""
+    """Big ids at the given epoch positions after the shuffle (``positions`` is overwritten)."""
     units = resampled.unit_sizes
-    ncn, seed, block = settings.num_canonical_nodes, settings.shuffle_seed, \
-        settings.shuffle_block_size
+    ncn, seed = settings.num_canonical_nodes, settings.shuffle_seed
+    block = settings.shuffle_block_size
+    # Gathers write into ``positions``: it is ours, and a fresh array would cost page faults.
     if settings.shuffle_algo != "py1e":
-        return get_shuffle(settings.shuffle_algo, units, ncn, seed, epoch, block)[positions]
+        perm = get_shuffle(settings.shuffle_algo, units, ncn, seed, epoch, block)
+        return np.take(perm, positions, out=positions, mode="clip")
     validate_shuffle_args("py1e", units, ncn, seed, epoch, block)
     needed = canonical_nodes_touched(positions, int(units.sum()), ncn)
-    perm = shuffle_py1e(fixed_pieces(units, ncn, seed), seed, epoch, block, needed)
-    return perm[positions]
+    ids, order = py1e_order(fixed_pieces(units, ncn, seed), seed, epoch, block, needed)
+    np.take(order, positions, out=positions, mode="clip")
+    return np.take(ids, positions, out=positions, mode="clip")
 
 
 def canonical_nodes_touched(positions: np.ndarray, total: int, ncn: int) -> np.ndarray:
     """Mask of the canonical nodes (``[c*N//C, (c+1)*N//C)``) that contain any of ``positions``."""
     touched = np.zeros(ncn, bool)
-    if ncn == 1 or not positions.size:
+    if ncn == 1:
         touched[:] = positions.size > 0
         return touched
-    # Largest c with c*N//C <= k, i.e. ceil((k+1)*C/N) - 1, without a search.
-    touched[((positions + 1) * ncn + total - 1) // total - 1] = True
+    for begin in range(0, positions.size, 1 << 16):
+        chunk = positions[begin:begin + (1 << 16)]
+        # Largest c with c*N//C <= k, i.e. ceil((k+1)*C/N) - 1, without a search.
+        touched[((chunk + 1) * ncn + total - 1) // total - 1] = True
     return touched

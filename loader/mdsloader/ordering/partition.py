@@ -382,31 +382,42 @@ def worker_partition(
     part = resolve_partition(algo, num_samples, num_canonical_nodes, num_physical_nodes,
                              ranks_per_node, workers_per_rank, batch_size, drop_first,
                              initial_physical_nodes)
-    size = part.batches * batch_size
     if part.recut:
-        flat = np.arange(size, dtype=np.int64)
-        batch, slot = np.divmod(flat, batch_size)
-        return part.ids(node, rank_of_node, worker, batch, slot)
+        return _recut_worker(part, node, rank_of_node, worker)
     return _orig_worker(part.plan, node, rank_of_node, worker)
+
+
+# Elements per step when evaluating one worker's slice: the formulas' temporaries then stay small
+# and cache-resident instead of costing a fresh full-size array (and its page faults) per step.
+_CHUNK = 1 << 16
 
 
 def _orig_worker(plan: OrigPlan, node: int, rank: int, worker: int) -> np.ndarray:
     """Fast path for one ``orig`` worker: its valid positions form a prefix of its slice."""
     b, w = plan.batch_size, plan.workers
-    size = plan.batches * b
-    out = np.full(size, -1, np.int64)
+    out = np.empty(plan.batches * b, np.int64)
     # Rank index of the worker's k-th element is (k // B) * W * B + worker * B + k % B, increasing
     # in k, so the elements below ``per_rank`` (the real ones) come first.
     first = worker * b
     full_batches, rest = divmod(max(plan.per_rank - first, 0), w * b)
-    valid = min(full_batches * b + min(rest, b), size)
-    if not valid:
-        return out
-    k = np.arange(valid, dtype=np.int64)
-    if b == 1:
-        index = k * w + first
-    else:
-        batch, slot = np.divmod(k, b)
-        index = batch * (w * b) + first + slot
-    out[:valid] = rank_ids(plan, node, rank, index)
+    valid = min(full_batches * b + min(rest, b), out.size)
+    out[valid:] = -1
+    for begin in range(0, valid, _CHUNK):
+        k = np.arange(begin, min(begin + _CHUNK, valid), dtype=np.int64)
+        if b == 1:
+            index = k * w + first
+        else:
+            batch, slot = np.divmod(k, b)
+            index = batch * (w * b) + first + slot
+        out[begin:begin + k.size] = rank_ids(plan, node, rank, index)
+    return out
+
+
+def _recut_worker(part: Partition, node: int, rank: int, worker: int) -> np.ndarray:
+    """One worker of a ``relaxed`` re-cut, evaluated chunk by chunk."""
+    out = np.empty(part.batches * part.batch_size, np.int64)
+    for begin in range(0, out.size, _CHUNK):
+        flat = np.arange(begin, min(begin + _CHUNK, out.size), dtype=np.int64)
+        batch, slot = np.divmod(flat, part.batch_size)
+        out[begin:begin + flat.size] = part.ids(node, rank, worker, batch, slot)
     return out

@@ -16,8 +16,7 @@ from mdsloader.ordering.argsort import argsort_positions
 from mdsloader.ordering.spans import Pieces, shuffle_parts
 
 
-def shuffle_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int,
-                 needed: np.ndarray | None = None) -> np.ndarray:
+def shuffle_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int) -> np.ndarray:
     """Run ``py1e`` over pieces already cut at canonical-node boundaries.
 
     Args:
@@ -25,8 +24,6 @@ def shuffle_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int,
         seed: Run seed.
         epoch: Epoch.
         block_size: Shuffle block size.
-        needed: Optional boolean mask over canonical nodes. Nodes not needed consume exactly the
-            same random draws but are not sorted, and their part of the result is unspecified.
 
     Returns:
         The int64 permutation of ``pieces.sample_bounds[-1]`` sample ids.
@@ -34,14 +31,38 @@ def shuffle_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int,
     Raises:
         ValueError: If a canonical node gets no samples (fewer samples than canonical nodes).
     """
+    ids, order = py1e_order(pieces, seed, epoch, block_size)
+    return np.take(ids, order, out=order, mode="clip")
+
+
+def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
+               needed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``py1e`` as two arrays: the shuffle is ``ids[order]``, left for the caller to gather.
+
+    A worker needs only some positions of the permutation, so it gathers ``ids[order[p]]`` for
+    those instead of materialising the permutation.
+
+    Args:
+        pieces: Shard spans in the run-fixed order, cut per canonical node.
+        seed: Run seed.
+        epoch: Epoch.
+        block_size: Shuffle block size.
+        needed: Optional boolean mask over canonical nodes. Nodes not needed consume exactly the
+            same random draws but are not sorted, and their part of ``order`` is unspecified.
+
+    Returns:
+        ``(ids, order)``: every node's span-shuffled sample ids, and the global index into
+        ``ids`` of each position of the epoch.
+
+    Raises:
+        ValueError: If a canonical node gets no samples (fewer samples than canonical nodes).
+    """
     rng = np.random.default_rng(seed + epoch)
-    order = shuffle_parts(pieces, rng)
+    spans = shuffle_parts(pieces, rng)
     bounds = pieces.sample_bounds.tolist()
-    out = np.empty(bounds[-1], np.int64)
-    widest = max(np.diff(pieces.sample_bounds).max(initial=0), 1)
-    # Scratch reused by every canonical node: positions, then (as int64) the sorted ids.
-    positions = np.empty(widest, np.float64)
-    keys = np.empty(widest, np.uint64)
+    ids = np.empty(bounds[-1], np.int64)
+    keys = np.empty(bounds[-1], np.uint64)
+    positions = np.empty(max(np.diff(pieces.sample_bounds).max(initial=0), 1), np.float64)
     low, high = int(0.75 * block_size), int(1.25 * block_size)
     clipped = False
     for c in range(pieces.num_parts):
@@ -51,27 +72,23 @@ def shuffle_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int,
                 f"Canonical node {c} gets no samples: the dataset (or a stream) has fewer samples "
                 f"than num_canonical_nodes ({pieces.num_parts}). Reduce num_canonical_nodes."
             )
-        chosen = order[pieces.part(c)]
-        node = out[begin:end]
+        chosen = spans[pieces.part(c)]
         sizes = pieces.sizes[chosen].tolist()
-        _fill_shuffled_spans(node, pieces.begins[chosen].tolist(), sizes, rng)
+        _fill_shuffled_spans(ids[begin:end], pieces.begins[chosen].tolist(), sizes, rng)
         if needed is not None and not needed[c]:
             clipped |= _shift_positions(None, sizes, rng, low, high)
             continue
         node_positions = positions[:end - begin]
         clipped |= _shift_positions(node_positions, sizes, rng, low, high)
-        index = argsort_positions(node_positions, in_range=True, out=keys)
-        sorted_ids = positions.view(np.int64)[:end - begin]
-        # mode="clip" skips the bounds check and the buffered copy that "raise" makes of ``out``.
-        np.take(node, index, out=sorted_ids, mode="clip")
-        node[:] = sorted_ids
+        local = argsort_positions(node_positions, in_range=True, out=keys[begin:end])
+        local += begin
     if clipped:
         warnings.warn(
             "Shuffle block size was smaller than shard size for some shards, so those shards are "
             "not shuffled with other shards. Set shuffle_block_size higher for a better shuffle.",
             stacklevel=2,
         )
-    return out
+    return ids, keys.view(np.int64)
 
 
 def _fill_shuffled_spans(node: np.ndarray, begins: list[int], sizes: list[int],
