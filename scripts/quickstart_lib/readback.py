@@ -59,7 +59,8 @@ def read_back(
 ) -> ReadReport:
     """Read one shuffled epoch of ``remote`` through ``StreamingDataLoader``.
 
-    The cache directory is emptied first, so every shard is fetched from ``remote``.
+    The cache directory is emptied first, so every shard is fetched from ``remote``, and removed
+    afterwards (it is a copy of the dataset).
     """
     from mdsloader import StreamingDataLoader, StreamingDataset
 
@@ -85,6 +86,8 @@ def read_back(
             last_shown = time.monotonic()
             show(f"{samples:,}/{expected:,} samples  {samples / (last_shown - started):,.0f}/s")
     seconds = time.monotonic() - started
+    del loader, dataset
+    shutil.rmtree(cache, ignore_errors=True)
     shuffled = first_ids is not None and not np.array_equal(first_ids, np.sort(first_ids))
     return ReadReport(
         expected=expected, samples=samples, missing=int((counts == 0).sum()),

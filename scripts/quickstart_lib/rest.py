@@ -58,7 +58,7 @@ def progress_text(job: dict[str, Any], elapsed: float, total_rows: int | None = 
     total = p.get("partitions_total") or 0
     # The worker starts its Spark session lazily: until it has planned the job, say so.
     if job["state"] == "running" and not total:
-        return f"{'running':<10} starting Spark and planning the job ...  {elapsed:.1f}s"
+        return f"{'running':<10} preparing (Spark start-up, schema and null checks)  {elapsed:.1f}s"
     return (
         f"{job['state']:<10} rows {rows}  shards {p.get('shards_written', 0)}  "
         f"partitions {p.get('partitions_done', 0)}/{total or '?'}  "
