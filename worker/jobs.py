@@ -253,6 +253,11 @@ class RedisJobStore:
     def outbox_key(self) -> str:
         return f"{self.prefix}:outbox"
 
+    @property
+    def metrics_key(self) -> str:
+        """A hash of counters (see ``worker.metrics``)."""
+        return f"{self.prefix}:metrics"
+
     def lease_key(self, job_id: str) -> str:
         return f"{self.prefix}:lease:{job_id}"
 
@@ -334,6 +339,8 @@ class RedisJobStore:
             pipe.set(key, record.model_dump_json())
             pipe.zrem(self.state_key(current.state), job_id)
             pipe.zadd(self.state_key(target), {job_id: 0})
+            if target in FINAL_STATES:  # counted here so that every path to a final state counts
+                pipe.hincrby(self.metrics_key, f"finished:{target}", 1)
             return record
 
         return self.client.transaction(attempt, key, value_from_callable=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import redis
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,23 +21,15 @@ from worker.jobs import JobState, RedisJobStore
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0)
 
 
-def metrics_key(prefix: str) -> str:
-    return f"{prefix}:metrics"
-
-
-def record_finished(
-    client: redis.Redis,
-    prefix: str,
-    *,
-    state: JobState,
-    duration: float,
-    rows: int,
-    bytes_written: int,
+def record_conversion(
+    store: RedisJobStore, *, duration: float, rows: int, bytes_written: int
 ) -> None:
-    """Count one finished job (called by the worker after its final transition)."""
-    key = metrics_key(prefix)
-    pipe = client.pipeline(transaction=True)
-    pipe.hincrby(key, f"finished:{state}", 1)
+    """Add one conversion's duration, rows and bytes (the worker calls it when a run ends).
+
+    Jobs by final state are counted by the store itself, in the transition.
+    """
+    key = store.metrics_key
+    pipe = store.client.pipeline(transaction=True)
     pipe.hincrby(key, "rows", rows)
     pipe.hincrby(key, "bytes", bytes_written)
     pipe.hincrbyfloat(key, "duration_sum", duration)
@@ -60,9 +51,7 @@ class RedisJobCollector(Collector):
         client = self.store.client
         counts = self.store.count_by_state()
         depth = client.llen(self.queue)
-        raw = {
-            k.decode(): float(v) for k, v in client.hgetall(metrics_key(self.store.prefix)).items()
-        }
+        raw = {k.decode(): float(v) for k, v in client.hgetall(self.store.metrics_key).items()}
         jobs = GaugeMetricFamily("mds_convert_jobs", "Jobs by current state", labels=["state"])
         for state, count in counts.items():
             jobs.add_metric([str(state)], count)

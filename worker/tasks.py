@@ -39,7 +39,7 @@ from worker.jobs import (
     RedisJobStore,
 )
 from worker.logging import job_context
-from worker.metrics import record_finished
+from worker.metrics import record_conversion
 from worker.settings import WorkerSettings
 
 log = logging.getLogger("worker.tasks")
@@ -245,10 +245,8 @@ class JobRunner:
         duration = time.monotonic() - started
         log.info("job.finished", extra={"state": str(state), "seconds": round(duration, 3)})
         self._retrying(
-            lambda: record_finished(
-                self.store.client,
-                self.store.prefix,
-                state=state,
+            lambda: record_conversion(
+                self.store,
                 duration=duration,
                 rows=record.progress.rows_written if state is JobState.SUCCEEDED else 0,
                 bytes_written=record.progress.bytes_written,

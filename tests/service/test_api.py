@@ -146,7 +146,7 @@ def test_openapi_documents_the_contract(client) -> None:
 
 def test_metrics_report_jobs_by_state_and_queue_depth(client, store, app_settings) -> None:
     job_id = submit(client).json()["id"]
-    submit(client)
+    queued = submit(client).json()["id"]
     store.transition(job_id, JobState.RUNNING, expected={JobState.QUEUED})
     store.client.rpush(app_settings.celery_queue, "m1", "m2", "m3")
     text = client.get("/metrics").text
@@ -154,6 +154,10 @@ def test_metrics_report_jobs_by_state_and_queue_depth(client, store, app_setting
     assert 'mds_convert_jobs{state="running"} 1.0' in text
     assert "mds_convert_queue_depth 3.0" in text
     assert "mds_convert_conversion_duration_seconds_count 0.0" in text
+    client.post(f"/v1/jobs/{queued}/cancel")  # cancelled by the API: counted as well
+    text = client.get("/metrics").text
+    assert 'mds_convert_jobs_finished_total{state="cancelled"} 1.0' in text
+    assert 'mds_convert_jobs{state="cancelled"} 1.0' in text
 
 
 def test_a_failed_enqueue_is_retried_by_the_outbox(client, enqueuer, store) -> None:

@@ -10,7 +10,6 @@ import pytest
 from worker.convert.model import ConversionProgress, ConversionResult
 from worker.errors import ConversionCancelled, TableNotFoundError, TransientConversionError
 from worker.jobs import JobRecord, JobRequest, JobState, RedisJobStore
-from worker.metrics import metrics_key
 from worker.settings import WorkerSettings
 from worker.tasks import JobRunner, RetryLater, spec_for
 
@@ -77,7 +76,7 @@ def test_success_records_result_progress_and_metrics(store, settings) -> None:
     assert record.progress.partitions_done == 4 and record.progress.bytes_written == 50
     assert record.started_at and record.finished_at and record.attempts == 1
     assert store.client.exists(store.lease_key(job_id)) == 0
-    counters = store.client.hgetall(metrics_key(store.prefix))
+    counters = store.client.hgetall(store.metrics_key)
     assert counters[b"finished:succeeded"] == b"1" and counters[b"rows"] == b"10"
 
 
