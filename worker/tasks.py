@@ -47,6 +47,7 @@ TASK_NAME = "conversion.run"
 ACTIVE = frozenset({JobState.RUNNING, JobState.CANCELLING})
 
 ConvertFn = Callable[..., ConversionResult]
+DiscardFn = Callable[[ConversionSpec], None]
 
 
 class RetryLater(Exception):
@@ -137,9 +138,15 @@ class JobRunner:
     """Runs one job to a final state (or asks for a retry) through the job store."""
 
     def __init__(
-        self, store: RedisJobStore, settings: WorkerSettings, convert: ConvertFn, owner: str
+        self,
+        store: RedisJobStore,
+        settings: WorkerSettings,
+        convert: ConvertFn,
+        owner: str,
+        discard: DiscardFn | None = None,
     ) -> None:
         self.store, self.settings, self.convert, self.owner = store, settings, convert, owner
+        self.discard = discard or discard_unpublished_run
 
     def run(self, job_id: str, *, retries: int = 0) -> JobState | None:
         """Run ``job_id``; returns its final state, or None when there was nothing to do.
@@ -171,6 +178,8 @@ class JobRunner:
             )
         except InvalidTransitionError as exc:
             if exc.current is JobState.CANCELLING:
+                # A worker died while cancelling: remove what its run may have left behind.
+                self._retrying(lambda: self.discard(spec_for(self.store.get(job_id))))
                 return self._finish(job_id, JobState.CANCELLED, started=time.monotonic())
             log.info("job.not_runnable", extra={"state": str(exc.current)})
             return None
@@ -266,6 +275,28 @@ class JobRunner:
                 log.warning("job.store_retry", extra={"error": repr(exc)})
                 time.sleep(min(0.5 * 2**attempt, 10))
         return None
+
+
+def discard_unpublished_run(spec: ConversionSpec) -> None:
+    """Delete ``<target>/<run id>/`` unless the target's index.json was published by that run.
+
+    The run directory is named by the job id (``spec.run_id``), see ``worker.convert.publish``.
+    """
+    from mdsloader.errors import IndexFormatError, ObjectNotFoundError
+    from mdsloader.mds.index import parse_index
+    from mdsloader.storage import open_storage
+
+    storage = open_storage(spec.target)
+    run_dir = f"{spec.run_id}/"
+    try:
+        index = parse_index(storage.read_bytes("index.json"), source=spec.target)
+    except (ObjectNotFoundError, IndexFormatError):
+        index = None  # nothing (valid) published: whatever the run wrote is an orphan
+    if index is not None and any(s.file.basename.startswith(run_dir) for s in index.shards):
+        log.warning("job.discard_skipped", extra={"reason": "the run was published"})
+        return
+    removed = storage.delete_prefix(run_dir)
+    log.info("job.discarded", extra={"files": removed})
 
 
 def worker_owner() -> str:

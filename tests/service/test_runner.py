@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +13,7 @@ from worker.convert.model import ConversionProgress, ConversionResult
 from worker.errors import ConversionCancelled, TableNotFoundError, TransientConversionError
 from worker.jobs import JobRecord, JobRequest, JobState, RedisJobStore
 from worker.settings import WorkerSettings
-from worker.tasks import JobRunner, RetryLater, spec_for
+from worker.tasks import JobRunner, RetryLater, discard_unpublished_run, spec_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +40,8 @@ def settings(redis_server, prefix) -> WorkerSettings:
     )
 
 
-def make_job(store: RedisJobStore) -> str:
-    record = JobRecord.new(JobRequest(source_table="db.t", target="s3://bkt/x", partitions=4))
+def make_job(store: RedisJobStore, target: str = "s3://bkt/x") -> str:
+    record = JobRecord.new(JobRequest(source_table="db.t", target=target, partitions=4))
     store.create(record)
     return record.id
 
@@ -204,8 +206,19 @@ def test_finished_or_unknown_jobs_are_dropped(store, settings) -> None:
     assert runner(store, settings, convert).run("0" * 28) is None
 
 
-def test_a_job_left_cancelling_by_a_dead_worker_is_cancelled(store, settings) -> None:
-    job_id = make_job(store)
+def leftovers(target: Path, run_dir: str) -> Path:
+    shard = target / run_dir / "00000" / "shard.00000.mds.zstd"
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"partial")
+    return shard
+
+
+def test_a_job_left_cancelling_by_a_dead_worker_is_cancelled_and_cleaned(
+    store, settings, tmp_path
+) -> None:
+    job_id = make_job(store, target=str(tmp_path))
+    shard = leftovers(tmp_path, job_id)
+    other = leftovers(tmp_path, "another-run")
     store.transition(job_id, S.RUNNING, expected={S.QUEUED})
     store.transition(job_id, S.CANCELLING, expected={S.RUNNING})
 
@@ -213,6 +226,29 @@ def test_a_job_left_cancelling_by_a_dead_worker_is_cancelled(store, settings) ->
         raise AssertionError("must not run")
 
     assert runner(store, settings, convert).run(job_id) is S.CANCELLED
+    assert not shard.exists() and not (tmp_path / job_id).exists()
+    assert other.exists()
+
+
+def test_cleanup_never_removes_a_run_that_was_published(store, settings, tmp_path) -> None:
+    job_id = make_job(store, target=str(tmp_path))
+    shard = leftovers(tmp_path, job_id)
+    entry = {
+        "column_encodings": ["int64"],
+        "column_names": ["x"],
+        "column_sizes": [8],
+        "compression": "zstd",
+        "format": "mds",
+        "hashes": [],
+        "raw_data": {"basename": f"{job_id}/00000/shard.00000.mds", "bytes": 28, "hashes": {}},
+        "samples": 1,
+        "size_limit": 1 << 26,
+        "version": 2,
+        "zip_data": {"basename": f"{job_id}/00000/shard.00000.mds.zstd", "bytes": 7, "hashes": {}},
+    }
+    (tmp_path / "index.json").write_text(json.dumps({"shards": [entry], "version": 2}))
+    discard_unpublished_run(spec_for(store.get(job_id)))
+    assert shard.exists()
 
 
 def test_losing_the_lease_abandons_the_job_without_a_transition(store, settings) -> None:
