@@ -82,7 +82,7 @@ class RecordEncoder:
             EncodingError: A missing column, or a value its encoding cannot store (naming both).
         """
         lengths = []
-        parts = []
+        parts = [b""]  # parts[0] becomes the length header: one join, one copy
         for name, coder, size, is_str, pack, lo, hi in self._steps:
             try:
                 value = sample[name]
@@ -110,10 +110,10 @@ class RecordEncoder:
                 )
             parts.append(data)
         try:
-            head = self._pack_lengths(*lengths)
+            parts[0] = self._pack_lengths(*lengths)
         except struct.error as exc:
             raise EncodingError(f"a column value is 4 GiB or larger: {exc}") from None
-        return head + b"".join(parts)
+        return b"".join(parts)
 
 
 def _int_packer(coder: Encoding) -> tuple[Any, int, int]:
