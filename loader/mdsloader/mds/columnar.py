@@ -167,8 +167,11 @@ def _numeric_array(values: Any) -> np.ndarray | None:
 
 
 def _homogeneous_list(values: list[Any] | tuple[Any, ...]) -> np.ndarray | None:
-    """Vectorise a list only when numpy keeps every value exact (one Python type, no floats
-    standing in for big ints); anything else is left to per-value encoding."""
+    """Vectorise a list only when numpy keeps every value exact.
+
+    That is one Python type, and no floats standing in for big ints; anything else is left to
+    per-value encoding.
+    """
     kinds = {type(v) for v in values}
     if not values or len(kinds) != 1 or kinds.pop() not in (int, float, bool):
         return None
