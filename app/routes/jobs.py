@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from app.deps import ServiceDep, SettingsDep
 from app.errors import (
@@ -40,12 +40,15 @@ _COMMON = (Unauthorized, StoreUnavailable)
 )
 def submit_job(
     body: JobCreate,
+    request: Request,
     response: Response,
     service: ServiceDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> JobRecord:
     """Create a conversion job; it is queued at once and converted by a worker."""
-    record, created = service.submit(body, idempotency_key)
+    # Keys are scoped to the caller: two clients cannot collide on (or probe) each other's keys.
+    scoped = f"{request.state.principal}:{idempotency_key}" if idempotency_key else None
+    record, created = service.submit(body, scoped)
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     if not created:
         response.status_code = status.HTTP_200_OK

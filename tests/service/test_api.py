@@ -6,6 +6,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from app.main import create_app
 from worker.jobs import JobState, RedisJobStore
@@ -127,6 +128,20 @@ def test_idempotency_key_with_same_body_returns_the_same_job(client, enqueuer) -
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["location"] == first.headers["location"]
     assert enqueuer.sent == [first.json()["id"]]
+
+
+def test_idempotency_keys_are_scoped_to_the_token(app_settings, enqueuer) -> None:
+    settings = app_settings.model_copy(update={"api_tokens": [SecretStr("a"), SecretStr("b")]})
+    with TestClient(create_app(settings, enqueue=enqueuer)) as anonymous:
+        key = {"Idempotency-Key": "same"}
+        first = anonymous.post("/v1/jobs", json=BODY, headers={**key, "Authorization": "Bearer a"})
+        other = anonymous.post(
+            "/v1/jobs",
+            json={**BODY, "mode": "overwrite"},
+            headers={**key, "Authorization": "Bearer b"},
+        )
+    assert first.status_code == other.status_code == 202
+    assert first.json()["id"] != other.json()["id"]
 
 
 def test_health_and_readiness(client) -> None:

@@ -160,8 +160,11 @@ def test_default_allow_list_is_the_data_dir(tmp_path: Path) -> None:
 
 def test_bearer_tokens() -> None:
     settings = AppSettings(api_tokens=[SecretStr("one"), SecretStr("two")])
-    assert check_bearer("Bearer two", settings) == "token-1"
-    assert check_bearer("bearer one", settings) == "token-0"
+    two = check_bearer("Bearer two", settings)
+    assert two.startswith("token:") and two != check_bearer("bearer one", settings)
+    assert "two" not in two
+    reordered = AppSettings(api_tokens=[SecretStr("two"), SecretStr("one")])
+    assert check_bearer("Bearer two", reordered) == two
     for header in (None, "", "Bearer", "Bearer three", "Basic one", "one"):
         with pytest.raises(Unauthorized):
             check_bearer(header, settings)
