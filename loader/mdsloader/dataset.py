@@ -149,7 +149,6 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         """Per-process state that never travels into DataLoader workers."""
         self._readers: OrderedDict[int, Any] = OrderedDict()
         self._prefetcher = Prefetcher(self.cache.ensure, threads=min(8, max(2, self.num_shards)))
-        self._next_epoch: dict[int, int] = {}
         self._shard_ends_list: list[int] = self._catalog.shard_ends.tolist()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -252,11 +251,10 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
 
     def _begin_epoch(self, world: World) -> tuple[int, int]:
         """Resolve and record the epoch this worker slot starts now (see :mod:`mdsloader.state`)."""
-        slot = world.worker_of_rank
-        presumed = max(self._next_epoch.get(slot, 0), self._ledger.next_epoch(slot))
+        slot = (world.worker_of_rank, world.workers_per_rank)
+        presumed = self._ledger.next_epoch(slot)
         epoch, offset, applied = resolve_epoch(presumed, self._ledger.load_resume())
         self._adopt(applied, world)
-        self._next_epoch[slot] = epoch + 1
         self._ledger.set_next_epoch(slot, epoch + 1)
         return epoch, offset
 
@@ -272,8 +270,8 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             ``{"epoch", "sample_in_epoch", "num_canonical_nodes", "shuffle_seed",
             "initial_physical_nodes"}``.
         """
-        next_epoch = max([self._ledger.next_epoch(), *self._next_epoch.values()])
-        epoch, offset, applied = resolve_epoch(next_epoch - 1, self._ledger.load_resume())
+        epoch = self._ledger.next_epoch() - 1
+        epoch, offset, applied = resolve_epoch(epoch, self._ledger.load_resume())
         self._adopt(applied, self._world)
         nodes = self.initial_physical_nodes or self._world.num_nodes
         return {

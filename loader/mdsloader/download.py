@@ -9,6 +9,7 @@ and a failure in a download thread surfaces in the consumer as the original exce
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,8 +79,12 @@ class Prefetcher:
         self._prepare = prepare
         self._threads = max(1, threads)
         self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
 
     def _submit(self, shard: int) -> Future[Path]:
+        if self._pid != os.getpid():
+            # A forked DataLoader worker inherits the pool object but none of its threads.
+            self._pool, self._pid = None, os.getpid()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mds-prefetch")
         return self._pool.submit(self._prepare, shard)
@@ -118,10 +123,10 @@ class Prefetcher:
 
     def close(self) -> None:
         """Stop the threads (running downloads finish; queued ones are dropped)."""
-        if self._pool is not None:
+        if self._pool is not None and self._pid == os.getpid():
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._pool = None
 
     def __getstate__(self) -> dict[str, object]:
         # Threads do not survive pickling into DataLoader workers; each copy starts its own.
-        return {"_prepare": self._prepare, "_threads": self._threads, "_pool": None}
+        return {"_prepare": self._prepare, "_threads": self._threads, "_pool": None, "_pid": -1}

@@ -6,8 +6,9 @@ Killed runs leak those segments, and the barrier deadlocks when ranks iterate un
 neither, because the epoch is a pure function of *how many times this worker slot has started
 iterating* and of the loaded resume state:
 
-* Every worker slot ``(rank, worker_of_rank)`` starts iterating exactly once per epoch, so each
-  slot keeps its own ``next_epoch`` and all slots agree without talking to each other.
+* Every worker slot ``(worker_of_rank, workers_per_rank)`` of a rank starts iterating exactly once
+  per epoch, so each slot keeps its own ``next_epoch`` and all slots agree without talking to
+  each other (or waiting for each other: there is no barrier).
 * ``__iter__`` resolves ``(epoch, sample_in_epoch)`` from the slot's ``next_epoch`` and the resume
   state exactly as the reference does (:func:`resolve_epoch`), then stores ``epoch + 1``.
 
@@ -20,9 +21,9 @@ Where the counter lives, so that it survives every DataLoader mode:
 
 Hence a small :class:`EpochLedger` directory, node-local under the temp dir and private to one
 dataset object (a random token made at construction travels with every copy of the object):
-``next_epoch.<worker>`` per slot and ``resume.json`` for the hand-off from ``load_state_dict``
-(called in the main process) to workers that may already exist. Files are replaced atomically
-(write a temp file, then ``os.replace``), so a killed process leaves either the old or the new
+``next_epoch.<workers>.<worker>`` per slot and ``resume.json`` for the hand-off from
+``load_state_dict`` (called in the main process) to workers that may already exist. Files are
+replaced atomically (write a temp file, then ``os.replace``), so a killed process leaves either the old or the new
 value, never a torn one. The main process reads the ledger in ``state_dict``: its ``next_epoch``
 is the largest over the rank's slots, which equals the reference's node-shared counter. The
 directory is removed when the owning (constructing) object is garbage collected; a crash leaves a
@@ -174,22 +175,34 @@ class EpochLedger:
         text = _read_text(self.directory / "resume.json")
         return None if text is None else ResumeState.from_dict(json.loads(text))
 
-    def next_epoch(self, worker: int | None = None) -> int:
-        """A slot's next epoch, or with ``worker=None`` the largest over all slots (0 if none)."""
-        if worker is not None:
-            text = _read_text(self.directory / f"next_epoch.{worker}")
-            return int(text) if text else 0
+    def _slot_path(self, worker: int, workers: int) -> Path:
+        return self.directory / f"next_epoch.{workers}.{worker}"
+
+    def next_epoch(self, slot: tuple[int, int] | None = None) -> int:
+        """A slot's next epoch, or with ``slot=None`` the largest over all slots (0 if none).
+
+        A slot is ``(worker_of_rank, workers_per_rank)``. A slot that never iterated (e.g. the
+        first DataLoader epoch after iterating in the main process) continues from the other
+        worker layouts' counters, like the reference's node-shared counter; it never reads its
+        own layout's siblings, which may already be one epoch ahead.
+        """
+        if slot is not None:
+            text = _read_text(self._slot_path(*slot))
+            if text:
+                return int(text)
         values = [0]
         with contextlib.suppress(FileNotFoundError):
             for path in self.directory.glob("next_epoch.*"):
+                if slot is not None and path.name.startswith(f"next_epoch.{slot[1]}."):
+                    continue
                 text = _read_text(path)
                 if text:
                     values.append(int(text))
         return max(values)
 
-    def set_next_epoch(self, worker: int, value: int) -> None:
+    def set_next_epoch(self, slot: tuple[int, int], value: int) -> None:
         """Record the epoch this slot starts on its next ``__iter__``."""
-        _atomic_write(self.directory / f"next_epoch.{worker}", str(int(value)))
+        _atomic_write(self._slot_path(*slot), str(int(value)))
 
     def remove(self) -> None:
         """Delete the ledger, only from the process that created it (workers share it)."""

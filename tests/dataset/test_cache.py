@@ -103,7 +103,8 @@ def test_each_shard_is_downloaded_once_per_node(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(LocalStorage, "download_file", counting)
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_ensure_all, args=(str(local), str(remote), queue)) for _ in range(4)]
+    args = (str(local), str(remote), queue)
+    procs = [ctx.Process(target=_ensure_all, args=args) for _ in range(4)]
     for proc in procs:
         proc.start()
     for proc in procs:

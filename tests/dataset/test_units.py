@@ -75,9 +75,13 @@ def test_resolve_epoch_ignores_stale_states():
 def test_ledger_round_trips_and_is_removed_only_by_its_owner(tmp_path: Path):
     ledger = EpochLedger(tmp_path / "ledger")
     assert ledger.next_epoch() == 0 and ledger.load_resume() is None
-    ledger.set_next_epoch(0, 3)
-    ledger.set_next_epoch(1, 2)
-    assert (ledger.next_epoch(0), ledger.next_epoch(1), ledger.next_epoch()) == (3, 2, 3)
+    ledger.set_next_epoch((0, 2), 3)
+    ledger.set_next_epoch((1, 2), 2)
+    assert (ledger.next_epoch((0, 2)), ledger.next_epoch((1, 2)), ledger.next_epoch()) == (3, 2, 3)
+    # A new worker layout continues from the other layouts, never from its own siblings.
+    assert ledger.next_epoch((0, 1)) == 3
+    ledger.set_next_epoch((0, 3), 5)
+    assert ledger.next_epoch((1, 3)) == 3
     ledger.save_resume(ResumeState.from_dict(STATE))
     assert ledger.load_resume() == ResumeState.from_dict(STATE)
     ledger._owner_pid = -1
