@@ -23,12 +23,12 @@ Hence a small :class:`EpochLedger` directory, node-local under the temp dir and 
 dataset object (a random token made at construction travels with every copy of the object):
 ``next_epoch.<workers>.<worker>`` per slot and ``resume.json`` for the hand-off from
 ``load_state_dict`` (called in the main process) to workers that may already exist. Files are
-replaced atomically (write a temp file, then ``os.replace``), so a killed process leaves either the old or the new
-value, never a torn one. The main process reads the ledger in ``state_dict``: its ``next_epoch``
-is the largest over the rank's slots, which equals the reference's node-shared counter. The
-directory is removed when the owning (constructing) object is garbage collected; a crash leaves a
-few bytes in the temp dir that nothing reads again (the token is random), so nothing can block a
-later run.
+replaced atomically (write a temp file, then ``os.replace``), so a killed process leaves either
+the old or the new value, never a torn one. The main process reads the ledger in ``state_dict``:
+its ``next_epoch`` is the largest over the rank's slots, which equals the reference's node-shared
+counter. The directory is removed when the owning (constructing) object is garbage collected; a
+crash leaves a few bytes in the temp dir that nothing reads again (the token is random), so
+nothing can block a later run.
 """
 
 from __future__ import annotations
