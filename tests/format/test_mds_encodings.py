@@ -301,3 +301,13 @@ def test_missing_pillow_names_the_images_extra(monkeypatch, name):
     one_empty_element = np.array([0, 1, 0], "<u4").tobytes()
     with pytest.raises(MissingExtraError, match="images"):
         coder.decode(one_empty_element if name.startswith("list") else b"\x00" * 16)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("str", b"\xff"), ("int32", b"\x00\x00"), ("str_int", b"x"), ("json", b"{"),
+     ("ndarray", bytes([99, 4, 1, 0])), ("str_decimal", b"1..0"), ("pkl", b"not a pickle")],
+)
+def test_undecodable_bytes_raise_encoding_error(name, data):
+    with pytest.raises(EncodingError, match="decode"):
+        get_encoding(name).decode(data)

@@ -216,3 +216,26 @@ def test_doc_example_hex(golden):
     assert data[216:].hex() == "00000000" + "ff" * 8
     last = open_local_dataset(GOLDEN / "doc_example")[1]
     assert_same_sample(last, {"name": "", "x": np.int64(-1)})
+
+
+def test_sample_decoder_detects_short_records(tmp_path):
+    make(tmp_path, n=1)
+    info = read_index(tmp_path).shards[0]
+    decoder = SampleDecoder(info)
+    with ShardReader(tmp_path / info.raw_data.basename, info) as shard:
+        record = bytes(shard.sample_bytes(0))
+    assert decoder.decode(record)["id"] == 0
+    with pytest.raises(ShardFormatError, match="truncated in column"):
+        decoder.decode(record[:-1])
+    with pytest.raises(ShardFormatError, match="shorter than its header"):
+        decoder.decode(record[:3])
+
+
+def test_close_while_a_view_is_held(tmp_path):
+    make(tmp_path, n=2)
+    info = read_index(tmp_path).shards[0]
+    shard = ShardReader(tmp_path / info.raw_data.basename, info)
+    view = shard.sample_bytes(0)
+    shard.close()  # does not raise; the mapping lives until the view is released
+    assert len(bytes(view)) > 0
+    view.release()

@@ -124,7 +124,7 @@ class ScalarEncoding(Encoding):
 
     def _decode(self, data: bytes | memoryview) -> Any:
         if len(data) != self.dtype.itemsize:
-            raise EncodingError(f"{self.name!r} value must be {self.dtype.itemsize} bytes")
+            raise EncodingError(f"cannot decode {self.name!r}: needs {self.dtype.itemsize} bytes")
         return np.frombuffer(data, self.dtype)[0]
 
 
