@@ -239,3 +239,16 @@ def test_close_while_a_view_is_held(tmp_path):
     shard.close()  # does not raise; the mapping lives until the view is released
     assert len(bytes(view)) > 0
     view.release()
+
+
+def test_readers_pickle_for_dataloader_workers(tmp_path):
+    import pickle
+
+    make(tmp_path, n=20, size_limit=300)
+    dataset = open_local_dataset(tmp_path)
+    assert dataset[3]["id"] == 3  # opens a shard (a memory map) before pickling
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert [s["id"] for s in copy] == list(range(20))
+    shard = dataset.shard(0)
+    again = pickle.loads(pickle.dumps(shard))
+    assert again[0] == shard[0] and len(again) == len(shard)

@@ -50,6 +50,7 @@ class ShardReader:
     ) -> None:
         self.path = os.fspath(path)
         self.info = info
+        self._allow_unsafe = allow_unsafe_types
         if not allow_unsafe_types:
             check_safe(info.column_names, info.column_encodings, where=self.path)
         self._decoder = SampleDecoder(info)
@@ -90,6 +91,10 @@ class ShardReader:
         for i in range(self.info.samples):
             yield self[i]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A memory map cannot be pickled: a copy sent to a DataLoader worker maps the file again.
+        return (_reopen_shard, (self.path, self.info, self._allow_unsafe))
+
     def close(self) -> None:
         """Unmap the file (a view still held by the caller keeps it mapped until released)."""
         try:
@@ -102,6 +107,10 @@ class ShardReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _reopen_shard(path: str, info: ShardInfo, allow_unsafe_types: bool) -> ShardReader:
+    return ShardReader(path, info, allow_unsafe_types=allow_unsafe_types)
 
 
 def _map_file(path: str) -> mmap.mmap:
@@ -192,6 +201,17 @@ class DatasetReader:
                     reader = self._open(self.index.shards[number])
                     self._readers[number] = reader
         return reader
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Open shards (memory maps) and the lock stay behind; a copy reopens shards lazily.
+        state = self.__dict__.copy()
+        state["_readers"] = [None] * len(self.index.shards)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Unmap every open shard."""
