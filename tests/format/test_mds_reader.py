@@ -15,6 +15,7 @@ from mdsloader.errors import (
     HashError,
     ObjectNotFoundError,
     ShardFormatError,
+    UnknownEncodingError,
     UnsafeTypeError,
 )
 from mdsloader.mds import (
@@ -252,3 +253,11 @@ def test_readers_pickle_for_dataloader_workers(tmp_path):
     shard = dataset.shard(0)
     again = pickle.loads(pickle.dumps(shard))
     assert again[0] == shard[0] and len(again) == len(shard)
+
+
+def test_unknown_encodings_fail_at_open_naming_the_column(tmp_path):
+    make(tmp_path, n=2)
+    text = (tmp_path / "index.json").read_text().replace('"ndarray:int16"', '"my_codec"')
+    (tmp_path / "index.json").write_text(text)
+    with pytest.raises(UnknownEncodingError, match=r"column 'arr'.*'my_codec'"):
+        open_local_dataset(tmp_path)

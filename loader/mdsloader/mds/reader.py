@@ -23,6 +23,7 @@ from mdsloader.errors import (
     ShardFormatError,
 )
 from mdsloader.mds.compression import get_codec
+from mdsloader.mds.encodings import validate_encoding
 from mdsloader.mds.hashing import hexdigest, supported_hashes
 from mdsloader.mds.index import FileInfo, Index, ShardInfo, read_index
 from mdsloader.mds.record import SampleDecoder, check_safe
@@ -139,6 +140,7 @@ class DatasetReader:
     Raises:
         IndexFormatError: ``index.json`` is malformed.
         UnsafeTypeError: A ``pkl`` column without ``allow_unsafe_types``.
+        UnknownEncodingError: A column encoding we cannot decode (e.g. a custom one).
         HashError: ``validate_hash`` is unknown or not recorded for some shard.
     """
 
@@ -156,6 +158,8 @@ class DatasetReader:
         for number, shard in enumerate(self.index.shards):
             if not allow_unsafe_types:
                 check_safe(shard.column_names, shard.column_encodings, where=f"shard {number}")
+            for name, encoding in zip(shard.column_names, shard.column_encodings):
+                validate_encoding(encoding, column=name)  # fail at open, not mid-epoch
             if validate_hash is not None and validate_hash not in shard.hashes:
                 raise HashError(
                     f"shard {number} records no {validate_hash!r} digest (it has {shard.hashes})"
