@@ -6,9 +6,10 @@ leader runs at the start (or resumption) of every epoch: ``StreamingDataset.resa
 the worker's slice (without the shared-memory copy, which only adds to its time). Setting: one
 stream, uneven shards, py1e, shuffle on, 1 node, 1 rank, 2 workers, batch 32.
 
-Every measurement runs in a fresh child process: time (median of ``--repeat`` runs, wall and CPU)
-in one child, and peak traced memory (``tracemalloc``, which numpy reports its buffers to) in
-another, so that neither disturbs the other. Both implementations' outputs are compared by digest.
+Every measurement runs in a fresh child process. Times come from one child that alternates the two
+implementations (``--repeat`` runs each, median, wall and CPU), so that load from other processes
+hits both alike; peak traced memory (``tracemalloc``, which numpy reports its buffers to) comes from
+one more child per implementation. Both implementations' outputs are compared by digest.
 
 Usage: ``python bench/epoch.py [--sizes 1000000 10000000] [--ncn 1 8] [--shard-samples 10000]``.
 """
@@ -80,40 +81,48 @@ def run_reference(sizes: np.ndarray, ncn: int, drop: int) -> np.ndarray:
     return ids[ids != -1]
 
 
+def digest(ids: np.ndarray) -> str:
+    data = np.ascontiguousarray(ids, np.int64).tobytes()
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
 def child(args: argparse.Namespace) -> None:
     sizes = shard_sizes(args.n, args.shard_samples)
     ncn = args.ncn[0]
-    run = run_ours if args.child == "ours" else run_reference
-    if args.child == "reference":
-        import streaming  # noqa: F401  (import cost is not part of the measurement)
-    if args.memory:
+    import streaming  # noqa: F401  (the reference's import cost is not part of the measurement)
+
+    runs = {"ours": run_ours, "reference": run_reference}
+    if args.child != "both":
         tracemalloc.start()
-        ids = run(sizes, ncn, args.drop)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        print(json.dumps({"peak_bytes": peak}))
+        runs[args.child](sizes, ncn, args.drop)
+        print(json.dumps({"peak_bytes": tracemalloc.get_traced_memory()[1]}))
         return
-    walls, cpus = [], []
-    for _ in range(args.repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        ids = run(sizes, ncn, args.drop)
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-        del ids
-    ids = run(sizes, ncn, args.drop)
-    digest = hashlib.blake2b(np.ascontiguousarray(ids, np.int64).tobytes(), digest_size=8)
-    print(json.dumps({"wall": statistics.median(walls), "cpu": statistics.median(cpus),
-                      "count": int(ids.size), "digest": digest.hexdigest()}))
-
-
-def measure(impl: str, n: int, ncn: int, drop: int, opts: argparse.Namespace) -> dict:
-    base = [sys.executable, __file__, "--child", impl, "--n", str(n), "--ncn", str(ncn),
-            "--drop", str(drop), "--shard-samples", str(opts.shard_samples),
-            "--repeat", str(opts.repeat)]
+    times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in runs}
     result = {}
-    for extra in ([], ["--memory"]):
-        out = subprocess.run(base + extra, check=True, capture_output=True, text=True, cwd=ROOT)
-        result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    for _ in range(args.repeat):
+        for name, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            ids = run(sizes, ncn, args.drop)
+            times[name]["wall"].append(time.perf_counter() - wall)
+            times[name]["cpu"].append(time.process_time() - cpu)
+            result[name] = {"digest": digest(ids), "count": int(ids.size)}
+            del ids
+    for name, series in times.items():
+        result[name].update({k: statistics.median(v) for k, v in series.items()})
+    print(json.dumps(result))
+
+
+def measure(n: int, ncn: int, drop: int, opts: argparse.Namespace) -> dict:
+    base = [sys.executable, __file__, "--n", str(n), "--ncn", str(ncn), "--drop", str(drop),
+            "--shard-samples", str(opts.shard_samples), "--repeat", str(opts.repeat), "--child"]
+
+    def run(which: str) -> dict:
+        out = subprocess.run([*base, which], check=True, capture_output=True, text=True, cwd=ROOT)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    result = run("both")
+    for name in ("ours", "reference"):
+        result[name].update(run(name))
     return result
 
 
@@ -123,24 +132,24 @@ def main() -> None:
     parser.add_argument("--ncn", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--shard-samples", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--child", choices=["ours", "reference"])
+    parser.add_argument("--child", choices=["ours", "reference", "both"])
     parser.add_argument("--n", type=int)
     parser.add_argument("--drop", type=int, default=0)
-    parser.add_argument("--memory", action="store_true")
     opts = parser.parse_args()
     if opts.child:
         child(opts)
         return
     print(f"One worker's epoch (py1e, shuffle, 1 node x 1 rank x {WORKERS} workers, batch {BATCH},"
-          f" ~{opts.shard_samples} samples/shard); time = median of {opts.repeat}, wall (cpu).\n")
+          f" ~{opts.shard_samples} samples/shard); time = median of {opts.repeat}, wall (cpu);"
+          " speed-up from wall time.\n")
     print("| samples | NCN | start | reference s | ours s | speed-up | reference peak MiB "
           "| ours peak MiB | memory ratio | same ids |")
     print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for n in opts.sizes:
         for ncn in opts.ncn:
             for label, drop in (("fresh", 0), ("resume 50%", n // 2)):
-                ref = measure("reference", n, ncn, drop, opts)
-                ours = measure("ours", n, ncn, drop, opts)
+                both = measure(n, ncn, drop, opts)
+                ref, ours = both["reference"], both["ours"]
                 mib = 1 << 20
                 print(f"| {n:,} | {ncn} | {label} | {ref['wall']:.3f} ({ref['cpu']:.3f}) "
                       f"| {ours['wall']:.3f} ({ours['cpu']:.3f}) "
