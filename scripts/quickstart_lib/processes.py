@@ -68,10 +68,24 @@ class Child:
                 self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
-        # The group may outlive its leader (a JVM whose parent exited): kill the rest in any case.
+        # The group may outlive its leader (a JVM whose parent exited): kill the rest in any case,
+        # and return only once all of it is gone, so a port or a Derby lock is really released.
         _signal_group(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _group_exists(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:
