@@ -104,6 +104,10 @@ def test_executor_errors_come_back_as_the_same_worker_error() -> None:
         (AccessDeniedError("403"), PermanentConversionError, "access_denied"),
         (ValueError("boom"), PermanentConversionError, "conversion_failed"),
     ]
+    from mdsloader.errors import ObjectNotFoundError
+
+    missing = ObjectNotFoundError("NoSuchBucket")
+    cases.append((missing, PermanentConversionError, "target_not_found"))
     for raised, cls, code in cases:
         spark_text = f"Job aborted: PythonException: Traceback ...\n{executor_failure(raised)}\n"
         error = to_conversion_error(RuntimeError(spark_text))
@@ -118,3 +122,15 @@ def test_storage_and_network_failures_on_the_driver_are_transient() -> None:
     assert to_conversion_error(ConnectionRefusedError("no")).retryable
     assert to_conversion_error(RuntimeError("ExecutorLostFailure (executor 1 exited)")).retryable
     assert not to_conversion_error(RuntimeError("something else")).retryable
+
+
+def test_an_unreachable_s3_target_is_a_transient_failure_before_writing() -> None:
+    from mdsloader.errors import StorageError
+    from tests.conftest import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    storage = open_storage("s3://bucket/ds", retries=0, endpoint_url=endpoint)
+    with pytest.raises(StorageError) as caught:
+        Publisher(storage, "r", "error").check_target()
+    error = to_conversion_error(caught.value)
+    assert isinstance(error, TransientConversionError) and error.retryable

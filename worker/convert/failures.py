@@ -27,6 +27,8 @@ def to_conversion_error(exc: BaseException) -> ConversionError:
         return tagged
     if isinstance(exc, loader_errors.AccessDeniedError):
         return PermanentConversionError(f"access denied: {exc}", code="access_denied")
+    if isinstance(exc, loader_errors.ObjectNotFoundError):
+        return PermanentConversionError(f"target not found: {exc}", code="target_not_found")
     if isinstance(exc, loader_errors.StorageError | ConnectionError | TimeoutError):
         return TransientConversionError(f"storage or network unavailable: {exc}")
     if _is_py4j_network_error(exc) or any(m in str(exc) for m in _TRANSIENT_MARKERS):

@@ -166,6 +166,8 @@ def _classify(exc: BaseException) -> tuple[str, str | None]:
         return "TransientConversionError", None
     if isinstance(exc, loader_errors.AccessDeniedError):
         return "PermanentConversionError", "access_denied"
+    if isinstance(exc, loader_errors.ObjectNotFoundError):
+        return "PermanentConversionError", "target_not_found"  # e.g. the bucket does not exist
     if isinstance(exc, loader_errors.StorageError):
         return "TransientConversionError", None
     if isinstance(exc, loader_errors.MDSError):

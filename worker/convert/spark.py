@@ -47,9 +47,9 @@ def build_spark_session(
 def get_spark(settings: object | None = None) -> SparkSession:
     """The process-wide session, created lazily on first use and rebuilt after a fork.
 
-    ``settings`` is any object with optional ``spark_master``, ``spark_conf`` and ``data_dir``
-    (or ``spark_data_dir``) attributes, e.g. the worker settings; missing ones fall back to the
-    ``SPARK_MASTER`` environment variable and the defaults.
+    ``settings`` is any object with optional ``spark_master``, ``spark_conf`` and
+    ``spark_data_dir`` (or ``data_dir``, whose ``spark/`` subdirectory is then used) attributes,
+    e.g. the worker settings; missing ones fall back to ``SPARK_MASTER`` and the defaults.
     """
     global _session, _session_pid, _inherited
     with _lock:
@@ -85,7 +85,9 @@ def _default_conf(data: Path) -> dict[str, str]:
 
 def _settings_kwargs(settings: object | None) -> dict[str, object]:
     master = getattr(settings, "spark_master", None) or os.environ.get("SPARK_MASTER")
-    data_dir = getattr(settings, "data_dir", None) or getattr(settings, "spark_data_dir", None)
+    data_dir = getattr(settings, "spark_data_dir", None)
+    if data_dir is None and getattr(settings, "data_dir", None) is not None:
+        data_dir = Path(settings.data_dir) / "spark"  # type: ignore[attr-defined]
     return {
         "master": master or DEFAULT_MASTER,
         "conf": dict(getattr(settings, "spark_conf", None) or {}),
