@@ -150,3 +150,21 @@ def test_zstd_matches_the_reference_on_multi_megabyte_shards(reference):
     data = rng.bytes(3 << 20) + bytes(2 << 20) + b"text " * (1 << 20)
     for name in ("zstd", "zstd:1", "zstd:9"):
         assert get_codec(name).compress(data) == compress(name, data), name
+
+
+@pytest.mark.parametrize("name", ["zstd", "zstd:1", "zstd:12", "gz", "bz2:1", "br:1", "snappy"])
+def test_compress_parts_equals_compress_of_the_join(name):
+    rng = np.random.default_rng(1)
+    parts = [rng.bytes(3 << 20), memoryview(bytes(2 << 20)), b"", b"text " * 300_000, b"x"]
+    codec = get_codec(name)
+    assert codec.compress_parts(parts) == codec.compress(b"".join(parts))
+
+
+def test_hexdigest_parts_equals_hexdigest_of_the_join():
+    from mdsloader.mds.hashing import hexdigest_parts
+
+    parts = [b"abc", memoryview(b"def"), b""]
+    for name in ("md5", "sha3_256", "xxh64", "xxh3_128", "blake2s"):
+        assert hexdigest_parts(name, parts) == hexdigest(name, b"abcdef")
+    with pytest.raises(HashError):
+        hexdigest_parts("nope", parts)

@@ -12,6 +12,7 @@ import functools
 import gzip
 import importlib
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,20 @@ class Codec:
         if self.family == "br":
             return _optional("brotli").compress(bytes(data), quality=self.level)
         return _optional("snappy").compress(bytes(data))
+
+    def compress_parts(self, parts: Sequence[bytes | memoryview]) -> bytes:
+        """Compress the concatenation of ``parts``, exactly as :meth:`compress` would.
+
+        zstd streams the parts (its multi-threaded frames do not depend on how the input is
+        split once the total size is declared), which saves joining a whole shard in memory.
+        """
+        if self.family != "zstd":
+            return self.compress(b"".join(parts))
+        total = sum(len(part) for part in parts)
+        stream = zstandard.ZstdCompressor(level=self.level, threads=-1).compressobj(size=total)
+        out = [stream.compress(part) for part in parts]
+        out.append(stream.flush())
+        return b"".join(out)
 
     def decompress(self, data: bytes | memoryview) -> bytes:
         """Decompress one whole shard.

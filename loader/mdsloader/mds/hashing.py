@@ -15,7 +15,7 @@ import xxhash
 
 from mdsloader.errors import HashError
 
-__all__ = ["check_hash_names", "hexdigest", "supported_hashes"]
+__all__ = ["check_hash_names", "hexdigest", "hexdigest_parts", "supported_hashes"]
 
 
 @functools.cache
@@ -45,6 +45,21 @@ def hexdigest(algo: str, data: bytes | memoryview) -> str:
     if constructor is None:
         raise HashError(f"unknown hash algorithm {algo!r}; supported: {supported_hashes()}")
     return constructor(data).hexdigest()
+
+
+def hexdigest_parts(algo: str, parts: Iterable[bytes | memoryview]) -> str:
+    """Return the hex digest of the concatenation of ``parts`` (no join needed).
+
+    Raises:
+        HashError: ``algo`` is not supported.
+    """
+    constructor = _constructors().get(algo)
+    if constructor is None:
+        raise HashError(f"unknown hash algorithm {algo!r}; supported: {supported_hashes()}")
+    state = constructor()
+    for part in parts:
+        state.update(part)
+    return state.hexdigest()
 
 
 def check_hash_names(names: Iterable[str] | None) -> list[str]:

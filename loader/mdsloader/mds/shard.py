@@ -32,6 +32,7 @@ __all__ = [
     "config_json",
     "encode_shard",
     "read_offsets",
+    "shard_parts",
     "shard_size",
 ]
 
@@ -65,8 +66,8 @@ def check_shard_size(num_samples: int, config_len: int, data_len: int) -> None:
         )
 
 
-def encode_shard(config: bytes, chunks: Sequence[Buffer], sizes: np.ndarray) -> bytes:
-    """Build a shard file from concatenated sample records.
+def shard_parts(config: bytes, chunks: Sequence[Buffer], sizes: np.ndarray) -> list[Buffer]:
+    """Return a shard file as buffers to concatenate (header, config, then the records).
 
     Args:
         config: The config JSON from :func:`config_json`.
@@ -84,7 +85,12 @@ def encode_shard(config: bytes, chunks: Sequence[Buffer], sizes: np.ndarray) -> 
     head[1] = 4 + 4 * (num + 1) + len(config)
     np.cumsum(sizes, out=head[2:], dtype="<u4")
     head[2:] += head[1]
-    return b"".join([head.tobytes(), config, *chunks])
+    return [head.tobytes(), config, *chunks]
+
+
+def encode_shard(config: bytes, chunks: Sequence[Buffer], sizes: np.ndarray) -> bytes:
+    """Build a shard file as one ``bytes`` object; see :func:`shard_parts`."""
+    return b"".join(shard_parts(config, chunks, sizes))
 
 
 def read_offsets(data: Buffer, num_samples: int, *, where: str) -> np.ndarray:

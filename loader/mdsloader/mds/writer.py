@@ -23,13 +23,16 @@ import numpy as np
 from mdsloader.errors import MDSError, StorageError, TargetExistsError
 from mdsloader.mds.columnar import encode_batch
 from mdsloader.mds.compression import Codec, get_codec
-from mdsloader.mds.hashing import check_hash_names, hexdigest
+from mdsloader.mds.hashing import check_hash_names, hexdigest_parts
 from mdsloader.mds.index import INDEX_BASENAME, FileInfo, Index, ShardInfo, dump_index
 from mdsloader.mds.record import ColumnPlan, RecordEncoder
-from mdsloader.mds.shard import MAX_SHARD_BYTES, config_json, encode_shard, shard_size
+from mdsloader.mds.shard import MAX_SHARD_BYTES, Buffer, config_json, shard_parts, shard_size
 from mdsloader.mds.sizes import parse_size_limit
 
 __all__ = ["MDSWriter"]
+
+# Above this many buffers a shard is joined once instead of streamed piece by piece.
+_MAX_PARTS = 256
 
 
 class MDSWriter:
@@ -249,9 +252,12 @@ class MDSWriter:
         self._move_int_sizes()
         sizes = np.concatenate(self._array_sizes) if self._array_sizes else np.zeros(0, np.int64)
         try:
-            raw = encode_shard(self._config, self._chunks, sizes)
+            raw = shard_parts(self._config, self._chunks, sizes)
         finally:
             self._reset_pending()
+        if len(raw) > _MAX_PARTS:
+            # Per-sample records: one join beats thousands of small compress/hash calls.
+            raw = [b"".join(raw)]
         self._wait_for_room()
         number = len(self._futures)
         future = self._pool.submit(self._store_shard, number, raw, len(sizes))
@@ -266,19 +272,19 @@ class MDSWriter:
 
     # --- worker side --------------------------------------------------------------------------
 
-    def _store_shard(self, number: int, raw: bytes, samples: int) -> ShardInfo:
+    def _store_shard(self, number: int, raw: list[Buffer], samples: int) -> ShardInfo:
         raw_name = f"shard.{number:05}.mds"
-        raw_info = FileInfo(raw_name, len(raw), self._digests(raw))
+        raw_info = FileInfo(raw_name, sum(map(len, raw)), self._digests(raw))
         zip_info = None
         data = raw
         if self._codec is not None:
-            data = self._codec.compress(raw)
+            data = [self._codec.compress_parts(raw)]
             zip_name = f"{raw_name}.{self._codec.extension}"
-            zip_info = FileInfo(zip_name, len(data), self._digests(data))
+            zip_info = FileInfo(zip_name, len(data[0]), self._digests(data))
         basename = (zip_info or raw_info).basename
         path = os.path.join(self.local, basename)
         with open(path, "wb") as fh:
-            fh.write(data)
+            fh.writelines(data)
         del raw, data  # free the buffers before a possibly slow upload
         if self._storage is not None:
             self._storage.upload_file(path, basename)
@@ -296,8 +302,8 @@ class MDSWriter:
             zip_data=zip_info,
         )
 
-    def _digests(self, data: bytes) -> dict[str, str]:
-        return {algo: hexdigest(algo, data) for algo in self._hashes}
+    def _digests(self, parts: list[Buffer]) -> dict[str, str]:
+        return {algo: hexdigest_parts(algo, parts) for algo in self._hashes}
 
     def _on_done(self, future: Future[ShardInfo]) -> None:
         exc = None if future.cancelled() else future.exception()
