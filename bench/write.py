@@ -5,7 +5,8 @@ bytes of 200-1000; zstd:3; xxh64; 64 MiB shards. Each writer writes the whole da
 temporary directory; the time covers construction to ``finish()`` (encoding, compression, hashing
 and file writes). Data generation is not timed. The three outputs must be byte-identical.
 
-Usage: ``python bench/write.py [--samples 1000000] [--batch 10000] [--skip-reference]``
+Usage: ``python bench/write.py [--samples 1000000] [--batch 10000] [--repeat 1]
+[--skip-reference]``
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=10_000, help="rows per write_batch call")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds; the best time is kept")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -147,15 +149,24 @@ def main() -> None:
     if not args.skip_reference:
         runs.insert(0, ("reference MDSWriter", reference_writer(rows)))
     root = Path(tempfile.mkdtemp(prefix="bench-write-"))
-    results, outputs = [], []
+    best: dict[str, dict[str, Any]] = {}
+    identical = True
     try:
-        for number, (name, body) in enumerate(runs):
-            out = root / str(number)
-            results.append(run(name, out, body))
-            outputs.append(out)
-        identical = all(same_output(outputs[0], other) for other in outputs[1:])
+        # Rounds interleave the writers so that load from other processes hits them alike.
+        for round_no in range(args.repeat):
+            outputs = []
+            for number, (name, body) in enumerate(runs):
+                out = root / f"{round_no}-{number}"
+                result = run(name, out, body)
+                if name not in best or result["seconds"] < best[name]["seconds"]:
+                    best[name] = result
+                outputs.append(out)
+            identical &= all(same_output(outputs[0], other) for other in outputs[1:])
+            for out in outputs:
+                shutil.rmtree(out, ignore_errors=True)
+        results = [best[name] for name, _ in runs]
         first = results[0]
-        print(f"{args.samples:,} samples, {first['shards']} shards, "
+        print(f"{args.samples:,} samples, {first['shards']} shards, best of {args.repeat}, "
               f"{first['raw'] / 1e6:,.0f} MB raw, {first['zip'] / 1e6:,.0f} MB zstd:3; "
               f"{os.cpu_count()} cores; outputs byte-identical: {'yes' if identical else 'NO'}\n")
         print(table(results))
