@@ -43,7 +43,8 @@ def _both(ref, algo, sizes, ncn, seed, epoch, block):
 def test_shuffle_random_cases_match_reference(ref_shuffle, algo):
     rng = np.random.default_rng(SHUFFLE_ALGOS.index(algo))
     for _ in range(250):
-        sizes = rng.integers(0, 40, int(rng.integers(1, 14)))
+        # Tiny shards too, so that canonical nodes of 0 or 1 samples occur.
+        sizes = rng.integers(0, int(rng.choice([3, 40])), int(rng.integers(1, 14)))
         if rng.random() < 0.4:
             sizes[rng.integers(0, len(sizes))] = 0  # empty shards keep their place in the order
         ncn = int(rng.choice([1, 2, 3, 4, 8]))
@@ -60,6 +61,14 @@ def test_shuffle_of_many_uneven_shards_matches_reference(ref_shuffle, algo, ncn)
     for epoch in (0, 1):
         got = _both(ref_shuffle, algo, sizes, ncn, 9176, epoch, 4_000 // ncn)
         assert sorted(got.tolist()) == list(range(int(sizes.sum())))
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("sizes", [[3, 5], [1, 2, 3, 2], [8], [0, 9, 0]])
+def test_shuffle_with_one_sample_per_canonical_node_matches_reference(ref_shuffle, sizes):
+    for algo in SHUFFLE_ALGOS:
+        for seed in range(4):
+            _both(ref_shuffle, algo, np.array(sizes), sum(sizes), seed, seed % 2, 10)
 
 
 @pytest.mark.parametrize("algo", SHUFFLE_ALGOS)
@@ -140,6 +149,14 @@ def test_argsort_positions_equals_stable_argsort(kind):
     for _ in range(50):
         values = _positions(kind, rng, int(rng.integers(1, 4000)))
         np.testing.assert_array_equal(argsort_positions(values), np.argsort(values, kind="stable"))
+
+
+def test_argsort_positions_writes_into_out_on_every_path():
+    for values in (np.array([0.0]), np.array([2.0, -1.0, 0.5]), np.array([1.5, 0.2, 0.7])):
+        out = np.full(5, 99, np.uint64)
+        got = argsort_positions(values, out=out)
+        np.testing.assert_array_equal(got, np.argsort(values, kind="stable"))
+        np.testing.assert_array_equal(out[:values.size].view(np.int64), got)
 
 
 def test_argsort_positions_reorders_distinct_values_that_share_a_quantum():

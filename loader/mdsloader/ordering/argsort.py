@@ -25,8 +25,8 @@ def argsort_positions(positions: np.ndarray, *, in_range: bool = False,
     Args:
         positions: 1-D float64 values; fast when they are all in ``[0, len(positions))``.
         in_range: The caller guarantees ``0 <= positions < len(positions)`` (skips a check).
-        out: Optional uint64 scratch of at least ``len(positions)`` elements for the keys; the
-            result is then a view of it.
+        out: Optional uint64 buffer of at least ``len(positions)`` elements; the result is then
+            written to (and returned as an int64 view of) its first ``len(positions)`` elements.
 
     Returns:
         An int64 permutation.
@@ -34,9 +34,11 @@ def argsort_positions(positions: np.ndarray, *, in_range: bool = False,
     n = positions.size
     index_bits = max(int(n - 1).bit_length(), 1)
     fraction_bits = 64 - 2 * index_bits
-    if n < 2 or fraction_bits < _MIN_FRACTION_BITS or not (in_range or _fits(positions, n)):
-        return np.argsort(positions, kind="stable").astype(np.int64, copy=False)
     keys = np.empty(n, np.uint64) if out is None else out[:n]
+    if n < 2 or fraction_bits < _MIN_FRACTION_BITS or not (in_range or _fits(positions, n)):
+        index = keys.view(np.int64)
+        index[:] = np.argsort(positions, kind="stable")
+        return index
     scale = float(1 << fraction_bits)
     shift = np.uint64(index_bits)
     for begin in range(0, n, _CHUNK):
