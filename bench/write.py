@@ -3,7 +3,8 @@
 Dataset (fixed seed): columns int64, int32, str of 50-150 chars, ndarray:float32 of 64 values,
 bytes of 200-1000; zstd:3; xxh64; 64 MiB shards. Each writer writes the whole dataset to its own
 temporary directory; the time covers construction to ``finish()`` (encoding, compression, hashing
-and file writes). Data generation is not timed. The three outputs must be byte-identical.
+and file writes), as wall time and as CPU time of all threads (steadier on a shared machine).
+Data generation is not timed. The three outputs must be byte-identical.
 
 Usage: ``python bench/write.py [--samples 1000000] [--batch 10000] [--repeat 1]
 [--skip-reference]``
@@ -65,16 +66,17 @@ def make_rows(columns: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(name: str, out: Path, body: Callable[[Path], None]) -> dict[str, Any]:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     body(out)
     seconds = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start  # all threads of this process
     raw = sum(f.stat().st_size for f in out.iterdir() if f.name.endswith(".zstd"))
     from mdsloader.mds import read_index
 
     index = read_index(out)
     uncompressed = sum(shard.raw_data.bytes for shard in index.shards)
     print(f"  {name}: {seconds:.2f} s", file=sys.stderr)
-    return {"name": name, "seconds": seconds, "raw": uncompressed, "zip": raw,
+    return {"name": name, "seconds": seconds, "cpu": cpu, "raw": uncompressed, "zip": raw,
             "samples": index.num_samples, "shards": len(index.shards)}
 
 
@@ -122,13 +124,15 @@ def same_output(a: Path, b: Path) -> bool:
 
 def table(results: list[dict[str, Any]]) -> str:
     base = next((r for r in results if r["name"].startswith("reference")), None)
-    lines = ["| writer | seconds | samples/s | MB/s (raw) | vs reference |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| writer | wall s | samples/s | MB/s (raw) | vs reference | CPU s | CPU vs ref |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         rate = r["samples"] / r["seconds"]
         ratio = f"{base['seconds'] / r['seconds']:.2f}x" if base else "n/a"
+        cpu_ratio = f"{base['cpu'] / r['cpu']:.2f}x" if base else "n/a"
         lines.append(f"| {r['name']} | {r['seconds']:.2f} | {rate:,.0f} | "
-                     f"{r['raw'] / r['seconds'] / 1e6:,.0f} | {ratio} |")
+                     f"{r['raw'] / r['seconds'] / 1e6:,.0f} | {ratio} | {r['cpu']:.2f} | "
+                     f"{cpu_ratio} |")
     return "\n".join(lines)
 
 
