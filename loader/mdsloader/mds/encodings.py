@@ -13,7 +13,6 @@ import functools
 import json
 import pickle
 import struct
-import warnings
 from decimal import Decimal
 from typing import Any
 
@@ -110,8 +109,7 @@ class ScalarEncoding(Encoding):
             raise self._error(value)
         if isinstance(value, np.generic) and self.dtype.kind in "iu":
             self._check_range(value)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # float overflow to inf is allowed
+        with np.errstate(over="ignore"):  # float overflow to inf is allowed, as in the reference
             return self.dtype.type(value).tobytes()
 
     def _check_range(self, value: np.generic) -> None:
