@@ -170,19 +170,18 @@ def plan_orig(
 
 def _canonical_ids(plan: OrigPlan, t: np.ndarray) -> np.ndarray:
     """Sample id at global (interleaved) position ``t`` of the canonical rows."""
-    c, n, width = plan.ncn, plan.num_samples, plan.padded_row_len
-    if c == 1:
-        row, col = np.zeros_like(t), t
-    else:
-        row, col = t % c, t // c
+    c, n = plan.ncn, plan.num_samples
+    row, col = (None, t) if c == 1 else np.divmod(t, c)[::-1]
     if plan.tiled:
-        return (row * width + col) % n
-    start = row * n // c
-    ids = start + col
+        return (col if row is None else row * plan.padded_row_len + col) % n
+    # Per-row tables are tiny (one entry per canonical node); gathering from them is cheaper
+    # than recomputing the row bounds for every element.
+    starts = np.arange(c + 1, dtype=np.int64) * n // c
+    ids = col + starts[row] if row is not None else col.copy()
     if n % c:
         # Rows one shorter than ``row_len`` repeat their last id in the final column.
-        is_short = ((row + 1) * n // c - start) < plan.row_len
-        ids -= is_short & (col == plan.row_len - 1)
+        is_short = np.diff(starts) < plan.row_len
+        ids -= is_short[row] & (col == plan.row_len - 1)
     if plan.padding:
         # Padding column k repeats column ``row_len - padding - node_ratio + 1 + k``.
         shift = plan.padding + plan.node_ratio - 1
