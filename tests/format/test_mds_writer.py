@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from mdsloader.errors import (
     CompressionError,
     EncodingError,
     HashError,
+    MissingExtraError,
     StorageError,
     TargetExistsError,
     UnknownEncodingError,
@@ -304,3 +306,10 @@ def test_remote_url_writes_through_a_temporary_directory(tmp_path, monkeypatch):
     assert seen == {"url": "s3://bucket/prefix", "retries": 3}
     assert not os.path.exists(local)
     assert read_index(tmp_path / "bucket").num_samples == 10
+
+
+@pytest.mark.parametrize(("compression", "module"), [("br", "brotli"), ("snappy", "snappy")])
+def test_missing_codec_fails_at_construction(tmp_path, monkeypatch, compression, module):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtraError, match="codecs"):
+        MDSWriter(columns=COLUMNS, out=str(tmp_path), compression=compression)

@@ -60,6 +60,13 @@ class Codec:
         """The file extension (without dot) of shards compressed with this codec."""
         return self.family
 
+    def check_available(self) -> None:
+        """Raise :class:`MissingExtraError` now if this codec's optional package is missing."""
+        if self.family == "br":
+            _optional("brotli")
+        elif self.family == "snappy":
+            _optional("snappy")
+
     def compress(self, data: bytes | memoryview) -> bytes:
         """Compress one whole shard; the output matches the reference's for every family but gz.
 

@@ -68,6 +68,7 @@ class MDSWriter:
     Raises:
         UnknownEncodingError: A column's encoding is not known.
         CompressionError: An invalid compression string.
+        MissingExtraError: The codec needs the ``codecs`` extra (Brotli, python-snappy).
         HashError: Unknown, unsorted or repeated hash names.
         ValueError: An invalid ``size_limit``.
         TargetExistsError: The local directory is not empty and ``exist_ok`` is False.
@@ -90,6 +91,8 @@ class MDSWriter:
         self._plan = ColumnPlan.from_columns(columns)
         self._encoder = RecordEncoder(self._plan)
         self._codec: Codec | None = get_codec(compression)
+        if self._codec is not None:
+            self._codec.check_available()  # fail before any work, not at the first flush
         self._hashes = check_hash_names(hashes)
         self._size_limit = parse_size_limit(size_limit)
         self._compression = compression or None
