@@ -9,7 +9,13 @@ import pytest
 
 from mdsloader.ordering import SHUFFLE_ALGOS, get_shuffle
 from mdsloader.ordering.argsort import _colliding_neighbours, argsort_positions
-from mdsloader.ordering.py1e import _skip_uniforms, py1e_order, shuffle_py1e
+from mdsloader.ordering.py1e import (
+    _skip_uniforms,
+    _sort_node,
+    _SpanLookup,
+    py1e_order,
+    shuffle_py1e,
+)
 from mdsloader.ordering.shuffle import fixed_pieces
 from mdsloader.ordering.spans import cut_pieces
 
@@ -106,10 +112,10 @@ def test_py1e_skipping_a_canonical_node_keeps_the_others_exact():
     pieces = fixed_pieces(sizes, 4, 5)
     full = shuffle_py1e(pieces, 5, 2, 20_000)
     needed = np.array([False, True, False, True])
-    ids, order = py1e_order(pieces, 5, 2, 20_000, needed)
+    partial = py1e_order(pieces, 5, 2, 20_000, needed)
     for c in np.flatnonzero(needed):
         part = slice(pieces.sample_bounds[c], pieces.sample_bounds[c + 1])
-        np.testing.assert_array_equal(ids[order[part]], full[part])
+        np.testing.assert_array_equal(partial[part], full[part])
 
 
 def test_skipping_uniforms_leaves_the_generator_where_drawing_does():
@@ -172,3 +178,18 @@ def test_argsort_positions_reorders_distinct_values_that_share_a_quantum():
 def _keys(values: np.ndarray) -> np.ndarray:
     keys = (values * 2.0**40).astype(np.uint64) << np.uint64(12)
     return keys | np.arange(values.size, dtype=np.uint64)
+
+
+@pytest.mark.parametrize("id_base", [1 << 40, 1 << 56])
+def test_py1e_node_sort_resolves_collisions_through_the_span_lookup(id_base):
+    # Sample ids near 2**40 leave 11 fraction bits (many collisions); near 2**56, too few bits,
+    # so the exact fallback runs. Both must equal a plain stable argsort.
+    rng = np.random.default_rng(4)
+    sizes = np.array([700, 0, 1300, 1000])
+    begins = id_base + np.array([5000, 9000, 0, 2000])
+    ids = np.concatenate([b + rng.permutation(s) for b, s in zip(begins, sizes)])
+    positions = np.floor(rng.random(ids.size) * 100) + rng.random(ids.size) * 1e-4
+    out = np.empty(ids.size, np.int64)
+    _sort_node(positions, ids, _SpanLookup(ids, begins, sizes), int(id_base * 2).bit_length(),
+               out)
+    np.testing.assert_array_equal(out, ids[np.argsort(positions, kind="stable")])

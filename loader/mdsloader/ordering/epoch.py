@@ -183,9 +183,8 @@ def shuffled_ids(resampled: Resampled, settings: OrderSettings, epoch: int,
         return np.take(perm, positions, out=positions, mode="clip")
     validate_shuffle_args("py1e", units, ncn, seed, epoch, block)
     needed = canonical_nodes_touched(positions, int(units.sum()), ncn)
-    ids, order = py1e_order(fixed_pieces(units, ncn, seed), seed, epoch, block, needed)
-    np.take(order, positions, out=positions, mode="clip")
-    return np.take(ids, positions, out=positions, mode="clip")
+    perm = py1e_order(fixed_pieces(units, ncn, seed), seed, epoch, block, needed)
+    return np.take(perm, positions, out=positions, mode="clip")
 
 
 def canonical_nodes_touched(positions: np.ndarray, total: int, ncn: int) -> np.ndarray:

@@ -3,7 +3,8 @@
 Per canonical node (mds-format.md 3.5): shuffle the node's span order, shuffle samples within each
 span, give every sample a float position (its slot plus a uniform shift bounded by the span's random
 block size and the node's ends) and sort the node by position. The draws are the reference's, call
-for call; the sort uses :func:`argsort_positions`, several times faster than ``np.argsort``.
+for call; the sort packs (position, sample id) into uint64 keys (:func:`sort_by_position`), several
+times faster than ``np.argsort`` and with no gather afterwards.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from mdsloader.ordering.argsort import argsort_positions
+from mdsloader.ordering.argsort import MIN_FRACTION_BITS, fraction_bits, sort_by_position
 from mdsloader.ordering.spans import Pieces, shuffle_parts
 
 
@@ -31,16 +32,12 @@ def shuffle_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int) -> np.n
     Raises:
         ValueError: If a canonical node gets no samples (fewer samples than canonical nodes).
     """
-    ids, order = py1e_order(pieces, seed, epoch, block_size)
-    return np.take(ids, order, out=order, mode="clip")
+    return py1e_order(pieces, seed, epoch, block_size)
 
 
 def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
-               needed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``py1e`` as two arrays: the shuffle is ``ids[order]``, left for the caller to gather.
-
-    A worker needs only some positions of the permutation, so it gathers ``ids[order[p]]`` for
-    those instead of materialising the permutation.
+               needed: np.ndarray | None = None) -> np.ndarray:
+    """``py1e``, optionally sorting only the canonical nodes a worker reads from.
 
     Args:
         pieces: Shard spans in the run-fixed order, cut per canonical node.
@@ -48,11 +45,10 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
         epoch: Epoch.
         block_size: Shuffle block size.
         needed: Optional boolean mask over canonical nodes. Nodes not needed consume exactly the
-            same random draws but are not sorted, and their part of ``order`` is unspecified.
+            same random draws but are not sorted, and their part of the result is unspecified.
 
     Returns:
-        ``(ids, order)``: every node's span-shuffled sample ids, and the global index into
-        ``ids`` of each position of the epoch.
+        The int64 permutation: the sample id at every position of the epoch.
 
     Raises:
         ValueError: If a canonical node gets no samples (fewer samples than canonical nodes).
@@ -60,9 +56,12 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
     rng = np.random.default_rng(seed + epoch)
     spans = shuffle_parts(pieces, rng)
     bounds = pieces.sample_bounds.tolist()
-    ids = np.empty(bounds[-1], np.int64)
-    keys = np.empty(bounds[-1], np.uint64)
-    positions = np.empty(max(np.diff(pieces.sample_bounds).max(initial=0), 1), np.float64)
+    perm = np.empty(bounds[-1], np.int64)
+    widest = max(int(np.diff(pieces.sample_bounds).max(initial=0)), 1)
+    # Per-node scratch, reused by every canonical node: span-shuffled ids and their positions.
+    ids = np.empty(widest, np.int64)
+    positions = np.empty(widest, np.float64)
+    id_bits = max(int(bounds[-1] - 1).bit_length(), 1)
     low, high = int(0.75 * block_size), int(1.25 * block_size)
     clipped = False
     for c in range(pieces.num_parts):
@@ -73,22 +72,60 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
                 f"than num_canonical_nodes ({pieces.num_parts}). Reduce num_canonical_nodes."
             )
         chosen = spans[pieces.part(c)]
-        sizes = pieces.sizes[chosen].tolist()
-        _fill_shuffled_spans(ids[begin:end], pieces.begins[chosen].tolist(), sizes, rng)
+        begins, sizes = pieces.begins[chosen], pieces.sizes[chosen]
+        node_ids = ids[:end - begin]
+        _fill_shuffled_spans(node_ids, begins.tolist(), sizes.tolist(), rng)
         if needed is not None and not needed[c]:
-            clipped |= _shift_positions(None, sizes, rng, low, high)
+            clipped |= _shift_positions(None, sizes.tolist(), rng, low, high)
             continue
         node_positions = positions[:end - begin]
-        clipped |= _shift_positions(node_positions, sizes, rng, low, high)
-        local = argsort_positions(node_positions, in_range=True, out=keys[begin:end])
-        local += begin
+        clipped |= _shift_positions(node_positions, sizes.tolist(), rng, low, high)
+        _sort_node(node_positions, node_ids, _SpanLookup(node_ids, begins, sizes), id_bits,
+                   perm[begin:end])
     if clipped:
         warnings.warn(
             "Shuffle block size was smaller than shard size for some shards, so those shards are "
             "not shuffled with other shards. Set shuffle_block_size higher for a better shuffle.",
             stacklevel=2,
         )
-    return ids, keys.view(np.int64)
+    return perm
+
+
+def _sort_node(positions: np.ndarray, ids: np.ndarray, lookup: _SpanLookup, id_bits: int,
+               out: np.ndarray) -> None:
+    """Write one canonical node's ids in position order into ``out``."""
+    if fraction_bits(positions.size, id_bits) < MIN_FRACTION_BITS:
+        out[:] = ids[np.argsort(positions, kind="stable")]
+        return
+    # The sample ids ride in the sort keys, so the sorted keys are the answer: no gather.
+    sort_by_position(positions, ids, id_bits, lambda x: positions[lookup.local_index(x)],
+                     out.view(np.uint64))
+
+
+class _SpanLookup:
+    """Finds where given sample ids sit in a node's span-shuffled id array (for collisions)."""
+
+    def __init__(self, ids: np.ndarray, begins: np.ndarray, sizes: np.ndarray) -> None:
+        offsets = np.cumsum(sizes) - sizes
+        keep = sizes > 0
+        by_id = np.argsort(begins[keep], kind="stable")
+        self._ids = ids
+        self._begins = begins[keep][by_id]
+        self._offsets = offsets[keep][by_id]
+        self._sizes = sizes[keep][by_id]
+
+    def local_index(self, wanted: np.ndarray) -> np.ndarray:
+        """Index into ``ids`` of every wanted id (each must be present)."""
+        span = np.searchsorted(self._begins, wanted, "right") - 1
+        found = np.empty(wanted.size, np.int64)
+        for one in np.unique(span).tolist():
+            begin, offset, size = (int(a[one]) for a in (self._begins, self._offsets, self._sizes))
+            # Invert this span's shuffle once, then read every wanted id of the span from it.
+            inverse = np.empty(size, np.int64)
+            inverse[self._ids[offset:offset + size] - begin] = np.arange(size, dtype=np.int64)
+            hit = span == one
+            found[hit] = offset + inverse[wanted[hit] - begin]
+        return found
 
 
 def _fill_shuffled_spans(node: np.ndarray, begins: list[int], sizes: list[int],
