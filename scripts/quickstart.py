@@ -34,7 +34,7 @@ from quickstart_lib.processes import (
 )
 from quickstart_lib.readback import read_back
 from quickstart_lib.redis_local import ensure_redis
-from quickstart_lib.rest import ApiError, JobClient, follow
+from quickstart_lib.rest import FINAL_STATES, ApiError, JobClient, follow
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROWS = 1_000_000
@@ -243,15 +243,24 @@ def run(session: Session, console: Console) -> int:
     return 0
 
 
+def cancel_job(client: JobClient, job_id: str, timeout: float = 20.0) -> None:
+    """Ask the worker to cancel and give it a moment to clean up what the job wrote."""
+    print(f"cancelling job {job_id} ...", file=sys.stderr, flush=True)
+    try:
+        client.cancel(job_id)
+        deadline = time.monotonic() + timeout
+        while client.get(job_id)["state"] not in FINAL_STATES and time.monotonic() < deadline:
+            time.sleep(0.5)
+    except Exception:  # best effort: the API or Redis may be what failed
+        pass
+
+
 def cleanup(session: Session) -> None:
     """Cancel an unfinished job, then stop every started process, newest first."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
     if session.client is not None:
         if session.running_job is not None:
-            try:
-                session.client.cancel(session.running_job)
-            except Exception:  # best effort: the API may be the thing that failed
-                pass
+            cancel_job(session.client, session.running_job)
         session.client.close()
     stopped = session.supervisor.stop_all()
     if stopped:
@@ -259,11 +268,14 @@ def cleanup(session: Session) -> None:
 
 
 def _exit_on_signal(signum: int, _frame: object) -> None:
+    print(f"\n{signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C must reach us in any case.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
     data_dir = args.data_dir.resolve()

@@ -61,9 +61,13 @@ class Child:
         return data.decode(errors="replace")
 
     def stop(self, grace: float) -> None:
-        """SIGTERM the group, then SIGKILL what is left after ``grace`` seconds."""
+        """SIGTERM the leader, then SIGKILL what is left of its group after ``grace`` seconds.
+
+        Only the leader gets SIGTERM: a Celery worker shuts down warm and its Spark JVM exits
+        with it, whereas a JVM signalled directly would fail the job the worker is finishing.
+        """
         if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:

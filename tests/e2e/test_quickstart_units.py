@@ -9,7 +9,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +125,7 @@ def test_supervisor_stops_whole_process_groups_newest_first(tmp_path: Path) -> N
     wait_until(lambda: all((tmp_path / f"{n}.pid").exists() for n in ("first", "second")),
                timeout=10, what="children")  # fmt: skip
     grandchildren = [int((tmp_path / f"{n}.pid").read_text()) for n in ("first", "second")]
-    started = time.monotonic()
     assert supervisor.stop_all(grace=5) == ["second", "first"]
-    assert time.monotonic() - started < 5  # bash exits on SIGTERM at once
     for pid in grandchildren:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
