@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -190,10 +191,23 @@ def test_a_failed_enqueue_is_retried_by_the_outbox(client, enqueuer, store) -> N
     assert sweeper.is_alive()
 
 
-def test_disabled_auth_is_explicit_and_logged(app_settings, enqueuer, caplog) -> None:
+class Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_disabled_auth_is_explicit_and_logged(app_settings, enqueuer) -> None:
     settings = app_settings.model_copy(update={"auth_disabled": True, "api_tokens": []})
-    with caplog.at_level("WARNING", logger="app.main"):
+    recorder, logger = Recorder(), logging.getLogger("app.main")
+    logger.addHandler(recorder)
+    try:
         app = create_app(settings, enqueue=enqueuer)
-    assert any("auth.disabled" in r.getMessage() for r in caplog.records)
+    finally:
+        logger.removeHandler(recorder)
+    assert any("auth.disabled" in m for m in recorder.messages)
     with TestClient(app) as anonymous:
         assert anonymous.post("/v1/jobs", json=BODY).status_code == 202

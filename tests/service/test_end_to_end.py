@@ -158,6 +158,18 @@ def assert_same_rows(samples: list[dict], rows: int) -> None:
         assert [float(v) for v in sample["emb"]] == [float(expected), float(-expected), 0.25]
 
 
+def wait_for_written_partition(api: TestClient, job_id: str, log: CeleryWorker) -> dict:
+    """Wait until the job is running and has written at least one partition's shards."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        if job["progress"]["partitions_done"] >= 1 or job["state"] in FINAL:
+            break
+        time.sleep(0.1)
+    assert job["state"] == "running", f"{job}\n{log.log_tail()}"
+    return job
+
+
 def submit(api: TestClient, source: str, target: str, **extra: object) -> dict:
     body = {"source_table": source, "target": target, "compression": "zstd:3", **extra}
     response = api.post("/v1/jobs", json=body)
@@ -187,11 +199,10 @@ def test_submit_convert_and_read_back_every_row(api, env, source, worker, tmp_pa
 def test_cancel_a_running_job_publishes_nothing(api, env, worker, tmp_path) -> None:
     from mdsloader.storage import open_storage
 
-    big = write_source(tmp_path / "big", 400_000, files=8)
+    big = write_source(tmp_path / "big", 100_000, files=8)
     target = f"{env.bucket}/cancelled"
-    job = submit(api, big, target, partitions=16, compression="gz:9")
-    wait_for(api, job["id"], {"running"} | FINAL, timeout=120)
-    time.sleep(1.0)
+    job = submit(api, big, target, partitions=32, compression="gz:9")
+    wait_for_written_partition(api, job["id"], worker)
     response = api.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 202, response.text
     asked = time.monotonic()
@@ -210,7 +221,7 @@ def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker)
     from mdsloader.storage import open_storage
 
     worker.stop()  # only the two workers of this test may take the job
-    big = write_source(tmp_path / "kill", 200_000, files=8)
+    big = write_source(tmp_path / "kill", 100_000, files=8)
     target = f"{env.bucket}/killed"
     short = {
         "CELERY_VISIBILITY_TIMEOUT": "12",
@@ -219,14 +230,8 @@ def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker)
     }
     first = env.worker("first", **short).start()
     try:
-        job = submit(api, big, target, partitions=16, compression="gz:9")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            current = api.get(f"/v1/jobs/{job['id']}").json()
-            if current["progress"]["partitions_done"] >= 1 or current["state"] in FINAL:
-                break
-            time.sleep(0.2)
-        assert current["state"] == "running", f"{current}\n{first.log_tail()}"
+        job = submit(api, big, target, partitions=32, compression="gz:9")
+        wait_for_written_partition(api, job["id"], first)
     finally:
         first.kill()
     store = RedisJobStore.from_url(env.settings.redis_url, prefix=env.prefix)
@@ -243,7 +248,7 @@ def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker)
         ("running", "running", 2),
         ("running", "succeeded", 2),
     ]
-    assert done["attempts"] == 2 and done["result"]["samples"] == 200_000
+    assert done["attempts"] == 2 and done["result"]["samples"] == 100_000
     storage = open_storage(target)
     assert set(storage.list("")) == referenced_files(storage), "orphaned shards after redelivery"
     assert store.client.exists(store.lease_key(job["id"])) == 0
