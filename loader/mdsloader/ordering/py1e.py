@@ -131,10 +131,11 @@ class _SpanLookup:
 def _fill_shuffled_spans(node: np.ndarray, begins: list[int], sizes: list[int],
                          rng: np.random.Generator) -> None:
     """Write each span's sample ids into ``node`` and shuffle them, span by span (cache-hot)."""
+    counting = np.arange(max(sizes, default=0), dtype=np.int64)
     offset = 0
     for begin, size in zip(begins, sizes):
         span = node[offset:offset + size]
-        span[:] = np.arange(begin, begin + size, dtype=np.int64)
+        np.add(counting[:size], begin, out=span)
         if size > 1:
             rng.shuffle(span)
         offset += size
@@ -148,6 +149,8 @@ def _shift_positions(positions: np.ndarray | None, sizes: list[int], rng: np.ran
         Whether some span was larger than its random block, so its shifts were clipped to 0.
     """
     total = sum(sizes)
+    if positions is not None:
+        _fill_counting(positions)
     offset = 0
     clipped = False
     for size in sizes:
@@ -162,12 +165,18 @@ def _shift_positions(positions: np.ndarray | None, sizes: list[int], rng: np.ran
         if positions is None:
             _skip_uniforms(rng, size)
         else:
-            # Same sum as the reference's ``arange(n).astype(float64)[span] += shifts``.
-            np.add(rng.uniform(lower, upper, size),
-                   np.arange(offset, offset + size, dtype=np.float64),
-                   out=positions[offset:offset + size])
+            # The reference's ``arange(n).astype(float64)[span] += shifts``, the same sum.
+            positions[offset:offset + size] += rng.uniform(lower, upper, size)
         offset += size
     return clipped
+
+
+def _fill_counting(values: np.ndarray, chunk: int = 1 << 16) -> None:
+    """``values[:] = arange(len(values))`` as floats, without a full-size temporary."""
+    counting = np.arange(min(chunk, values.size), dtype=np.float64)
+    for begin in range(0, values.size, chunk):
+        end = min(begin + chunk, values.size)
+        np.add(counting[:end - begin], begin, out=values[begin:end])
 
 
 def _skip_uniforms(rng: np.random.Generator, count: int) -> None:
