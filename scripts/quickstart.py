@@ -1,5 +1,5 @@
 """The quick start: Redis, the API and a worker on this machine, a demo table converted over REST
-and streamed back with the loader. ``--serve`` keeps the service running for your own tables.
+and streamed back with the loader. With --serve, the service keeps running for your own tables.
 
 Run it through ``scripts/quickstart`` (which installs what is missing first). Everything it starts
 is stopped when it ends, fails or is interrupted. Exit status: 0 when the dataset was read back
@@ -77,21 +77,44 @@ class Session:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     description = __doc__.split("\n\n")[0]
     parser = argparse.ArgumentParser(prog="scripts/quickstart", description=description)
-    parser.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="demo table rows")
-    parser.add_argument("--data-dir", type=Path, default=ROOT / ".data",
-                        help="metastore, Redis data, datasets, logs (default: .data)")
-    parser.add_argument("--serve", action="store_true",
-                        help="keep the API, worker and Redis running for your own tables")
-    parser.add_argument("--port", type=int, default=None,
-                        help=f"API port (default: a free one; {SERVE_PORT} with --serve if free)")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-                        help="use this Redis if it answers, else start a private one")
-    parser.add_argument("--partitions", type=int, default=None,
-                        help="Spark partitions of the conversion (default: by table size)")
+    parser.add_argument(
+        "--rows", type=int, default=DEFAULT_ROWS, help="demo table rows (default: 1,000,000)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=ROOT / ".data",
+        help="metastore, Redis data, datasets, logs (default: .data)",
+    )
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep the API, worker and Redis running for your own tables",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"API port (default: a free one; {SERVE_PORT} with --serve if free)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="use this Redis if it answers, else start a private one",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="Spark partitions of the conversion (default: by table size)",
+    )
     parser.add_argument("--compression", default="zstd", help="MDS compression, or 'none'")
     parser.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers")
-    parser.add_argument("--no-install", action="store_true",
-                        help="skip scripts/bootstrap (read by the shell wrapper)")
+    parser.add_argument(
+        "--no-install",
+        action="store_true",
+        help="skip scripts/bootstrap (read by the shell wrapper)",
+    )
     args = parser.parse_args(argv)
     if args.rows < 1:
         parser.error("--rows must be at least 1")
@@ -127,10 +150,16 @@ def start_worker(session: Session, console: Console) -> Child:
         "--loglevel", "INFO",
     ], session.service_env(), cwd=ROOT)  # fmt: skip
     # Spark itself starts lazily with the first job; the worker is ready once Celery consumes.
-    wait_until(lambda: b"ready." in child.log_path.read_bytes(), timeout=120,
-               what="the Celery worker", child=child)
-    console.info(f"Celery worker pid {child.process.pid}, Spark local mode, "
-                 f"metastore under {session.data_dir}  (log: {child.log_path})")
+    wait_until(
+        lambda: b"ready." in child.log_path.read_bytes(),
+        timeout=120,
+        what="the Celery worker",
+        child=child,
+    )
+    console.info(
+        f"Celery worker pid {child.process.pid}, Spark local mode, "
+        f"metastore under {session.data_dir}  (log: {child.log_path})"
+    )
     return child
 
 
@@ -163,9 +192,11 @@ def convert(session: Session, console: Console, table: DemoTable) -> dict[str, A
     if done["state"] != "succeeded":
         raise JobFailed(f"job {done['id']} ended {done['state']}: {json.dumps(done['error'])}")
     result = done["result"]
-    console.info(f"{result['samples']:,} samples in {result['shards']} shards, "
-                 f"{result['zip_bytes'] / 1e6:.1f} MB compressed ({result['raw_bytes'] / 1e6:.1f} "
-                 f"MB raw); columns {result['columns']}")
+    console.info(
+        f"{result['samples']:,} samples in {result['shards']} shards, "
+        f"{result['zip_bytes'] / 1e6:.1f} MB compressed ({result['raw_bytes'] / 1e6:.1f} "
+        f"MB raw); columns {result['columns']}"
+    )
     console.info(f"index: {result['index_url']}")
     return done
 
@@ -181,10 +212,14 @@ def stream_back(session: Session, console: Console, table: DemoTable, remote: st
         workers=workers, show=console.live if console.tty else None,
     )  # fmt: skip
     console.end_live()
-    console.info(f"StreamingDataLoader ({workers} workers, shuffle on): {report.samples:,} "
-                 f"samples in {report.seconds:.1f}s = {report.samples_per_second:,.0f} samples/s")
-    console.info(f"check: missing {report.missing}, duplicated {report.duplicated}, "
-                 f"wrong values {report.wrong_values}, shuffled {report.shuffled}")
+    console.info(
+        f"StreamingDataLoader ({workers} workers, shuffle on): {report.samples:,} "
+        f"samples in {report.seconds:.1f}s = {report.samples_per_second:,.0f} samples/s"
+    )
+    console.info(
+        f"check: missing {report.missing}, duplicated {report.duplicated}, "
+        f"wrong values {report.wrong_values}, shuffled {report.shuffled}"
+    )
     return report.complete
 
 
@@ -220,8 +255,9 @@ def run(session: Session, console: Console) -> int:
         session.redis_url, started = ensure_redis(
             args.redis_url, session.data_dir / "redis", session.supervisor
         )
-        console.info(("started a private redis-server at " if started else "using ")
-                     + session.redis_url)
+        console.info(
+            ("started a private redis-server at " if started else "using ") + session.redis_url
+        )
     with console.step(f"Demo table ({args.rows:,} rows: text, embedding[64], label)"):
         table, written = seed_demo_table(session.data_dir / "demo" / "events", args.rows)
         console.info(("wrote " if written else "reusing ") + table.source_table)
@@ -238,8 +274,9 @@ def run(session: Session, console: Console) -> int:
     if not complete:
         print("FAILED: the dataset did not read back completely", flush=True)
         return 1
-    print(f"OK: {table.rows:,} rows converted and read back in {console.elapsed():.1f}s",
-          flush=True)
+    print(
+        f"OK: {table.rows:,} rows converted and read back in {console.elapsed():.1f}s", flush=True
+    )
     return 0
 
 

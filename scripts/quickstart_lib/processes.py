@@ -50,8 +50,9 @@ class Child:
         """Raise with the end of the log if the process has exited."""
         code = self.process.poll()
         if code is not None:
-            raise StartupError(f"{self.name} exited with status {code}; its log ends with:\n"
-                               f"{self.log_tail()}")
+            raise StartupError(
+                f"{self.name} exited with status {code}; its log ends with:\n{self.log_tail()}"
+            )
 
     def log_tail(self, size: int = 4000) -> str:
         try:
@@ -113,8 +114,13 @@ class Supervisor:
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                list(argv), env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                list(argv),
+                env=dict(env),
+                cwd=cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         child = Child(name, process, log_path)
         self.children.append(child)

@@ -29,8 +29,12 @@ class ReadReport:
     @property
     def complete(self) -> bool:
         """Every row came back exactly once with the values it was written with."""
-        return (self.samples == self.expected and self.missing == 0 and self.duplicated == 0
-                and self.wrong_values == 0)
+        return (
+            self.samples == self.expected
+            and self.missing == 0
+            and self.duplicated == 0
+            and self.wrong_values == 0
+        )
 
     @property
     def samples_per_second(self) -> float:

@@ -28,8 +28,10 @@ def ensure_redis(url: str, data_dir: Path, supervisor: Supervisor) -> tuple[str,
     """
     if redis_answers(url):
         return url, False
-    binary = require_binary("redis-server", "install it (apt-get install redis-server) or set "
-                            "REDIS_URL to a reachable server")
+    binary = require_binary(
+        "redis-server",
+        "install it (apt-get install redis-server) or set REDIS_URL to a reachable server",
+    )
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     child = supervisor.spawn("redis", [

@@ -45,8 +45,10 @@ class JobClient:
     @staticmethod
     def _json(response: httpx.Response, *, expected: int) -> dict[str, Any]:
         if response.status_code != expected:
-            raise ApiError(f"{response.request.method} {response.request.url.path}: "
-                           f"{response.status_code} {response.text[:2000]}")
+            raise ApiError(
+                f"{response.request.method} {response.request.url.path}: "
+                f"{response.status_code} {response.text[:2000]}"
+            )
         body: dict[str, Any] = response.json()
         return body
 

@@ -114,8 +114,9 @@ class Stack:
             if api_ready and b"ready." in self.worker.log_path.read_bytes():
                 return
             time.sleep(0.2)
-        raise AssertionError(f"the stack did not start:\n{self.api.log_tail()}\n"
-                             f"{self.worker.log_tail()}")
+        raise AssertionError(
+            f"the stack did not start:\n{self.api.log_tail()}\n{self.worker.log_tail()}"
+        )
 
     def client(self) -> httpx.Client:
         return httpx.Client(

@@ -149,8 +149,11 @@ def test_quickstart_serve_runs_the_service_until_interrupted(
         worker_pgid = port_in(output, r"Celery worker pid (\d+)")
         table = re.search(r"demo table\s+(parquet\.`[^`]+`)", reader.text).group(1)
 
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
-                          headers={"Authorization": f"Bearer {token}"}) as client:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as client:
             target = str(scratch / "datasets" / "mine")
             response = client.post("/v1/jobs", json={"source_table": table, "target": target})
             assert response.status_code == 202, response.text

@@ -90,9 +90,10 @@ def test_follow_shows_only_state_and_partition_changes_when_piped() -> None:
     ]
     shown: list[str] = []
     checks: list[int] = []
+    client: Any = ScriptedJobs(snapshots)
     final = follow(
-        ScriptedJobs(snapshots), "j", show=shown.append, check=lambda: checks.append(1),  # type: ignore[arg-type]
-        every_change=False, interval=0, quiet_for=60,
+        client, "j", show=shown.append, check=lambda: checks.append(1), every_change=False,
+        interval=0, quiet_for=60,
     )  # fmt: skip
     assert final["state"] == "succeeded"
     assert [line.split()[0] for line in shown] == ["queued", "running", "running", "succeeded"]
@@ -104,8 +105,8 @@ def test_follow_stops_when_a_service_dies() -> None:
         raise StartupError("worker exited with status 1")
 
     with pytest.raises(StartupError, match="worker exited"):
-        follow(ScriptedJobs([job("queued")] * 3), "j", show=lambda _: None, check=died,  # type: ignore[arg-type]
-               interval=0)
+        client: Any = ScriptedJobs([job("queued")] * 3)
+        follow(client, "j", show=lambda _: None, check=died, interval=0)
 
 
 def test_read_report_is_complete_only_with_every_row_once() -> None:
@@ -120,8 +121,11 @@ def test_supervisor_stops_whole_process_groups_newest_first(tmp_path: Path) -> N
     supervisor = Supervisor(tmp_path / "logs")
     # Each child leaves a grandchild behind in its group, as the worker leaves its JVM.
     for name in ("first", "second"):
-        supervisor.spawn(name, ["bash", "-c", "sleep 300 & echo $! > $0; wait", str(
-            tmp_path / f"{name}.pid")], env=dict(os.environ))
+        supervisor.spawn(
+            name,
+            ["bash", "-c", "sleep 300 & echo $! > $0; wait", str(tmp_path / f"{name}.pid")],
+            env=dict(os.environ),
+        )
     wait_until(lambda: all((tmp_path / f"{n}.pid").exists() for n in ("first", "second")),
                timeout=10, what="children")  # fmt: skip
     grandchildren = [int((tmp_path / f"{n}.pid").read_text()) for n in ("first", "second")]
@@ -146,7 +150,9 @@ def test_a_dead_child_is_reported_with_its_log(tmp_path: Path) -> None:
 def test_ensure_redis_uses_a_reachable_server(redis_server, tmp_path: Path) -> None:
     supervisor = Supervisor(tmp_path / "logs")
     assert ensure_redis(redis_server.url, tmp_path / "redis", supervisor) == (
-        redis_server.url, False)
+        redis_server.url,
+        False,
+    )
     assert supervisor.children == []
 
 
