@@ -187,7 +187,11 @@ def cmd_worker_ping(args: argparse.Namespace) -> int:
     from worker.settings import get_worker_settings
 
     celery = make_celery(get_worker_settings())
-    replies = celery.control.ping(destination=[f"celery@{socket.gethostname()}"], timeout=5)
+    try:
+        replies = celery.control.ping(destination=[f"celery@{socket.gethostname()}"], timeout=5)
+    except Exception as exc:  # broker unreachable: unhealthy, said in one line
+        print(f"worker-ping: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(replies))
     return 0 if replies else 1
 
