@@ -157,3 +157,22 @@ def test_worker_partition_of_a_large_epoch_is_only_that_worker():
     assert real.size == full * 16 + min(rest, 16)
     # Node 1 of 2 reads only the odd canonical nodes (rows of n / 8 samples).
     assert (real // (n // 8) % 2 == 1).all()
+
+
+def test_large_worker_slices_match_reference(ref_partitions):
+    """Big enough that the periodic tiling of regular batches does most of the work."""
+    rng = np.random.default_rng(8)
+    for _ in range(12):
+        num_samples = int(rng.integers(50_000, 200_000))
+        ncn, nodes = [(1, 1), (3, 1), (8, 2), (2, 4), (12, 4), (6, 3)][int(rng.integers(0, 6))]
+        ranks, workers = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        batch = int(rng.choice([1, 3, 8, 32]))
+        drop = int(rng.choice([0, int(rng.integers(0, num_samples))]))
+        args = ("orig", num_samples, ncn, nodes, ranks, workers, batch, drop, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = ref_partitions(*args)
+        for node, rank, worker in [(0, 0, 0), (nodes - 1, ranks - 1, workers - 1)]:
+            got = worker_partition(*args, node=node, rank_of_node=rank, worker=worker)
+            np.testing.assert_array_equal(got, expected[node, rank, worker].ravel(),
+                                          err_msg=str(args))

@@ -20,6 +20,7 @@ function evaluated on the full grid. The composition, step by step (mds-format.m
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -401,15 +402,58 @@ def _orig_worker(plan: OrigPlan, node: int, rank: int, worker: int) -> np.ndarra
     full_batches, rest = divmod(max(plan.per_rank - first, 0), w * b)
     valid = min(full_batches * b + min(rest, b), out.size)
     out[valid:] = -1
-    for begin in range(0, valid, _CHUNK):
-        k = np.arange(begin, min(begin + _CHUNK, valid), dtype=np.int64)
-        if b == 1:
-            index = k * w + first
-        else:
-            batch, slot = np.divmod(k, b)
-            index = batch * (w * b) + first + slot
-        out[begin:begin + k.size] = rank_ids(plan, node, rank, index)
+    done = _tile_regular_batches(plan, node, rank, worker, out[:valid])
+    for begin in range(done, valid, _CHUNK):
+        _evaluate(plan, node, rank, worker, begin, min(begin + _CHUNK, valid), out)
     return out
+
+
+def _evaluate(plan: OrigPlan, node: int, rank: int, worker: int, begin: int, end: int,
+              out: np.ndarray) -> None:
+    """``out[begin:end]``: elements ``begin..end-1`` of the worker's slice, by the full formula."""
+    b, w = plan.batch_size, plan.workers
+    k = np.arange(begin, end, dtype=np.int64)
+    if b == 1:
+        index = k * w + worker
+    else:
+        batch, slot = np.divmod(k, b)
+        index = batch * (w * b) + worker * b + slot
+    out[begin:end] = rank_ids(plan, node, rank, index)
+
+
+def _tile_regular_batches(plan: OrigPlan, node: int, rank: int, worker: int,
+                          out: np.ndarray) -> int:
+    """Fill the leading batches that need no row fix-ups by tiling one period of batches.
+
+    Batch ``a`` slot ``e`` of the worker reads global position ``t0 + a*sa + e*se``. Its canonical
+    row ``t % C`` repeats every ``period = C / gcd(sa, C)`` batches, and the column then grows by
+    ``period * sa / C``: away from the last column, the padding and the rank padding (all at the
+    end, since ``t`` grows with the element index), the ids of batch ``a + period`` are those of
+    batch ``a`` plus that constant.
+
+    Returns:
+        How many leading elements of ``out`` were filled.
+    """
+    b, c = plan.batch_size, plan.ncn
+    if plan.tiled:
+        return 0
+    se = plan.nodes * plan.ranks
+    sa = se * plan.workers * b
+    t0 = plan.drop + node + plan.nodes * (rank + plan.ranks * worker * b)
+    # First position that may need a fix-up: the last column, or the rank padding.
+    special = c * (plan.row_len - 1) if (plan.num_samples % c or plan.padding) else \
+        c * plan.padded_row_len
+    special = min(special, plan.drop + node + plan.nodes * plan.per_node)
+    regular = min(out.size // b, max(-(-(special - t0 - (b - 1) * se) // sa), 0))
+    period = c // math.gcd(sa, c)
+    repeats = regular // period
+    if repeats < 2:
+        return 0
+    block = out[:period * b]
+    _evaluate(plan, node, rank, worker, 0, period * b, out)
+    tiles = out[:repeats * period * b].reshape(repeats, period * b)
+    np.add(block, (np.arange(repeats, dtype=np.int64) * (period * sa // c))[:, None], out=tiles)
+    return repeats * period * b
 
 
 def _recut_worker(part: Partition, node: int, rank: int, worker: int) -> np.ndarray:
