@@ -169,7 +169,10 @@ class JobRunner:
             try:
                 return self._run_leased(job_id, retries)
             finally:
-                self.store.release_lease(job_id, self.owner)
+                try:
+                    self.store.release_lease(job_id, self.owner)
+                except redis.RedisError:  # it expires on its own; never mask the outcome
+                    log.warning("job.lease_release_failed")
 
     def _run_leased(self, job_id: str, retries: int) -> JobState | None:
         try:
@@ -214,7 +217,7 @@ class JobRunner:
         if watcher.lease_lost:
             log.error("job.abandoned", extra={"reason": "lease lost to another worker"})
             return None
-        watcher.flush()
+        self._retrying(watcher.flush)
         state, payload = outcome
         if (
             isinstance(payload, JobError)

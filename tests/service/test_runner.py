@@ -11,21 +11,22 @@ import pytest
 
 from worker.convert.model import ConversionProgress, ConversionResult
 from worker.errors import ConversionCancelled, TableNotFoundError, TransientConversionError
-from worker.jobs import JobRecord, JobRequest, JobState, RedisJobStore
+from worker.jobs import JobRecord, JobRequest, JobResult, JobState, RedisJobStore
 from worker.settings import WorkerSettings
 from worker.tasks import JobRunner, RetryLater, discard_unpublished_run, spec_for
 
 pytestmark = pytest.mark.integration
 
 S = JobState
-RESULT = ConversionResult(
-    index_url="s3://b/x/index.json",
-    samples=10,
-    shards=2,
-    raw_bytes=100,
-    zip_bytes=50,
-    columns={"x": "int64"},
-)
+RESULT_FIELDS = {
+    "index_url": "s3://b/x/index.json",
+    "samples": 10,
+    "shards": 2,
+    "raw_bytes": 100,
+    "zip_bytes": 50,
+    "columns": {"x": "int64"},
+}
+RESULT = ConversionResult(**RESULT_FIELDS)
 
 
 @pytest.fixture
@@ -289,3 +290,18 @@ def test_spec_for_maps_every_request_field() -> None:
         spec.mode,
         spec.run_id,
     ) == ("a.b", "/data/x", None, ("md5", "xxh64"), 1000, {"c": None}, 3, "overwrite", record.id)
+
+
+def test_the_outcome_survives_a_short_redis_outage(store, settings, redis_server) -> None:
+    job_id = make_job(store)
+
+    def convert(spec, *, progress, cancel):
+        redis_server.stop()  # Redis dies while Spark works ...
+        threading.Timer(1.0, redis_server.start).start()  # ... and comes back a second later
+        progress(ConversionProgress(rows_written=10, partitions_done=1, partitions_total=1))
+        return RESULT
+
+    assert runner(store, settings, convert).run(job_id) is S.SUCCEEDED
+    record = store.get(job_id)
+    assert record.state is S.SUCCEEDED and record.result == JobResult(**RESULT_FIELDS)
+    assert edges(record)[-1] == ("running", "succeeded")
