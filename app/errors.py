@@ -47,7 +47,7 @@ class AppError(Exception):
 
     def problem(self) -> Problem:
         return Problem(
-            type=f"https://mds-convert.dev/problems/{self.code.replace('_', '-')}",
+            type=f"urn:mds-convert:problem:{self.code}",
             title=self.title,
             status=self.status_code,
             detail=self.detail,

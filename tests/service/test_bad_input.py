@@ -22,6 +22,7 @@ def assert_problem(response, status: int, code: str) -> dict:
     body = response.json()
     assert set(body) >= PROBLEM_KEYS
     assert body["status"] == status and body["code"] == code and body["detail"]
+    assert body["type"] == f"urn:mds-convert:problem:{code}" and body["title"]
     return body
 
 
