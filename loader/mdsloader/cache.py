@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,7 +177,7 @@ class ShardCache:
             raise ObjectNotFoundError(
                 f"shard file {final} is missing and stream {stream.local_root} has no remote"
             )
-        self._make_room(shard_id)
+        marker = self._make_room(shard_id)
         part = _part_path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -185,8 +186,10 @@ class ShardCache:
                 _validate(part, info, stream.validate_hash)
             os.replace(part, final)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                part.unlink()
+            for path in (part, marker):
+                if path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
 
     @staticmethod
     def _decompress(shard: Any, zipped: Path, raw: Path) -> None:
@@ -221,17 +224,54 @@ class ShardCache:
         total += sum(_size(p) for p in self._raw)
         return total + sum(_size(p) for p in self._zip if p is not None)
 
-    def _make_room(self, shard_id: int) -> None:
-        """Evict least recently used remote-backed shards until ``shard_id`` fits the budget."""
+    def _make_room(self, shard_id: int) -> Path | None:
+        """Evict least recently used remote-backed shards until ``shard_id`` fits the budget.
+
+        The space is then reserved with an in-flight marker (removed when the download ends), so
+        that concurrent downloads on the node, from any process, count against the budget too.
+        A marker whose shard lock is no longer held belongs to a dead process and is ignored.
+
+        Returns:
+            The reservation marker, or None without a cache limit.
+        """
         if self.cache_limit is None:
-            return
+            return None
         needed = self.shard_bytes(shard_id)
-        with file_lock(self._budget_lock()):
-            excess = self.usage() + needed - self.cache_limit
-            for victim in self._eviction_order(exclude=shard_id):
-                if excess <= 0:
-                    break
-                excess -= self.evict(victim)
+        stream = self.streams[self.stream_of_shard[shard_id]]
+        lock = stream.lock_path(_lock_name(self.shards[shard_id].raw_data.basename))
+        marker = self._budget_lock().parent / "inflight" / lock.name
+        deadline = time.monotonic() + float(stream.download_timeout or 60.0)
+        while True:
+            with file_lock(self._budget_lock()):
+                reserved = self._reserved()
+                excess = self.usage() + reserved + needed - self.cache_limit
+                for victim in self._eviction_order(exclude=shard_id):
+                    if excess <= 0:
+                        break
+                    excess -= self.evict(victim)
+                # Over budget only because of other downloads in flight: wait for them (we hold
+                # no reservation while waiting, so waiters never wait on each other).
+                if excess <= 0 or not reserved or time.monotonic() > deadline:
+                    marker.parent.mkdir(parents=True, exist_ok=True)
+                    marker.write_text(f"{needed}\n{lock}")
+                    return marker
+            time.sleep(0.005)
+
+    def _reserved(self) -> int:
+        """Bytes reserved by downloads in flight on this node (call with the budget lock)."""
+        total = 0
+        for marker in (self._budget_lock().parent / "inflight").glob("*"):
+            try:
+                size, lock = marker.read_text().split("\n", 1)
+            except (FileNotFoundError, ValueError):
+                continue
+            with file_lock(Path(lock), blocking=False) as free:
+                if free:  # its preparer is gone
+                    with contextlib.suppress(FileNotFoundError):
+                        marker.unlink()
+                    continue
+            total += int(size)
+        return total
 
     def _eviction_order(self, exclude: int) -> list[int]:
         stamped = []
