@@ -151,7 +151,7 @@ def start_worker(session: Session, console: Console) -> Child:
     ], session.service_env(), cwd=ROOT)  # fmt: skip
     # Spark itself starts lazily with the first job; the worker is ready once Celery consumes.
     wait_until(
-        lambda: b"ready." in child.log_path.read_bytes(),
+        lambda: b"ready." in child.output(),
         timeout=120,
         what="the Celery worker",
         child=child,

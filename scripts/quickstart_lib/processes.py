@@ -45,6 +45,16 @@ class Child:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    log_start: int = 0  # logs are appended across runs: this run's output starts here
+
+    def output(self) -> bytes:
+        """What this process has written so far (earlier runs' lines excluded)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                return log.read()
+        except OSError:
+            return b""
 
     def check_alive(self) -> None:
         """Raise with the end of the log if the process has exited."""
@@ -55,11 +65,7 @@ class Child:
             )
 
     def log_tail(self, size: int = 4000) -> str:
-        try:
-            data = self.log_path.read_bytes()[-size:]
-        except OSError:
-            return "(no log)"
-        return data.decode(errors="replace")
+        return self.output()[-size:].decode(errors="replace") or "(nothing)"
 
     def stop(self, grace: float) -> None:
         """SIGTERM the leader, then SIGKILL what is left of its group after ``grace`` seconds.
@@ -113,6 +119,7 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log:
+            start = log.tell()
             process = subprocess.Popen(
                 list(argv),
                 env=dict(env),
@@ -122,7 +129,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        child = Child(name, process, log_path)
+        child = Child(name, process, log_path, start)
         self.children.append(child)
         return child
 

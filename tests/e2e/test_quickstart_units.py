@@ -135,15 +135,21 @@ def test_supervisor_stops_whole_process_groups_newest_first(tmp_path: Path) -> N
             os.kill(pid, 0)
 
 
-def test_a_dead_child_is_reported_with_its_log(tmp_path: Path) -> None:
+def test_a_dead_child_is_reported_with_its_own_log(tmp_path: Path) -> None:
     supervisor = Supervisor(tmp_path)
-    child = supervisor.spawn("api", ["bash", "-c", "echo address already in use; exit 3"],
-                             env=dict(os.environ))  # fmt: skip
+    earlier = supervisor.spawn("api", ["bash", "-c", "echo ready. from an earlier run"], env={})
+    earlier.process.wait(timeout=10)
+    supervisor.children.clear()
+    child = supervisor.spawn(
+        "api", ["bash", "-c", "echo address already in use; exit 3"], env=dict(os.environ)
+    )
     child.process.wait(timeout=10)
+    assert child.log_path == earlier.log_path  # one log per service, appended across runs
+    assert child.output() == b"address already in use\n"
     with pytest.raises(StartupError, match=r"api exited with status 3[\s\S]*already in use"):
         supervisor.check_alive()
     with pytest.raises(StartupError, match="api exited"):
-        wait_until(lambda: False, timeout=5, what="the API", child=child)
+        wait_until(lambda: b"ready." in child.output(), timeout=5, what="the API", child=child)
 
 
 @pytest.mark.integration
