@@ -297,7 +297,9 @@ def cleanup(session: Session) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup short
     if session.client is not None:
         if session.running_job is not None:
-            cancel_job(session.client, session.running_job)
+            # Without a live worker nobody would act on the cancel: record it and move on.
+            wait = 20.0 if session.supervisor.is_running("worker") else 0.0
+            cancel_job(session.client, session.running_job, timeout=wait)
         session.client.close()
     stopped = session.supervisor.stop_all()
     if stopped:

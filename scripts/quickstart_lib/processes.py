@@ -133,6 +133,9 @@ class Supervisor:
         self.children.append(child)
         return child
 
+    def is_running(self, name: str) -> bool:
+        return any(c.name == name and c.process.poll() is None for c in self.children)
+
     def check_alive(self) -> None:
         for child in self.children:
             child.check_alive()

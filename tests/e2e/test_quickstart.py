@@ -182,3 +182,21 @@ def wait_for_final(client: httpx.Client, job_id: str, timeout: float = 150) -> d
             return job
         time.sleep(0.3)
     raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_quickstart_failure_stops_what_it_started(prerequisites, scratch: Path) -> None:
+    # The API port is taken, so the run fails after it has started its own Redis.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            ["bash", str(QUICKSTART), "--no-install", "--rows", "10", "--port", str(port),
+             "--data-dir", str(scratch)],
+            env=quickstart_env(f"redis://127.0.0.1:{free_port()}/0"), capture_output=True,
+            text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"port {port} is already in use" in done.stderr
+    assert "stopped: redis" in done.stdout
+    assert not is_listening(port_in(done.stdout, r"redis-server at redis://127\.0\.0\.1:(\d+)"))
