@@ -175,8 +175,6 @@ def shuffled_ids(resampled: Resampled, settings: OrderSettings, epoch: int,
     units = resampled.unit_sizes
     ncn, seed = settings.num_canonical_nodes, settings.shuffle_seed
     block = settings.shuffle_block_size
-    if not positions.size:
-        return positions
     # Gathers write into ``positions``: it is ours, and a fresh array would cost page faults.
     if settings.shuffle_algo != "py1e":
         perm = get_shuffle(settings.shuffle_algo, units, ncn, seed, epoch, block)
