@@ -169,7 +169,7 @@ def choose_per_shard(samples_per_shard: np.ndarray, choose: int, granularity: in
     return sizes * whole + extra.astype(np.int64)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Resampled:
     """Per-epoch resampling in compact form.
 
