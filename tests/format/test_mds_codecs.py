@@ -168,3 +168,27 @@ def test_hexdigest_parts_equals_hexdigest_of_the_join():
         assert hexdigest_parts(name, parts) == hexdigest(name, b"abcdef")
     with pytest.raises(HashError):
         hexdigest_parts("nope", parts)
+
+
+@pytest.mark.parametrize("name", ["zstd", "zstd:19", "gz:3", "bz2", "br:2", "snappy"])
+def test_compress_into_a_sink_equals_compress(name):
+    import io
+
+    rng = np.random.default_rng(2)
+    parts = [rng.bytes(2 << 20), b"abc" * 500_000, memoryview(bytes(1 << 20))]
+    sink = io.BytesIO()
+    get_codec(name).compress_into(parts, sink)
+    assert sink.getvalue() == get_codec(name).compress(b"".join(parts))
+
+
+def test_digester_matches_one_shot_digests():
+    from mdsloader.mds.hashing import Digester
+
+    digester = Digester(["md5", "xxh64"])
+    for piece in (b"ab", memoryview(b"cd"), b""):
+        digester.update(piece)
+    assert digester.size == 4
+    assert digester.hexdigests() == {"md5": hexdigest("md5", b"abcd"),
+                                     "xxh64": hexdigest("xxh64", b"abcd")}
+    with pytest.raises(HashError):
+        Digester(["nope"])

@@ -100,6 +100,21 @@ class Codec:
         out.append(stream.flush())
         return b"".join(out)
 
+    def compress_into(self, parts: Sequence[bytes | memoryview], sink: Any) -> None:
+        """Write the compression of the concatenation of ``parts`` to ``sink.write``.
+
+        The bytes equal :meth:`compress_parts`; zstd streams them in small pieces, so no
+        compressed copy of a whole shard is ever held in memory.
+        """
+        if self.family != "zstd":
+            sink.write(self.compress(parts[0] if len(parts) == 1 else b"".join(parts)))
+            return
+        total = sum(len(part) for part in parts)
+        compressor = zstandard.ZstdCompressor(level=self.level, threads=-1)
+        with compressor.stream_writer(sink, size=total, closefd=False) as stream:
+            for part in parts:
+                stream.write(part)
+
     def decompress(self, data: bytes | memoryview) -> bytes:
         """Decompress one whole shard.
 

@@ -15,7 +15,9 @@ import xxhash
 
 from mdsloader.errors import HashError
 
-__all__ = ["check_hash_names", "hexdigest", "hexdigest_parts", "supported_hashes"]
+__all__ = [
+    "Digester", "check_hash_names", "hexdigest", "hexdigest_parts", "supported_hashes",
+]
 
 
 @functools.cache
@@ -60,6 +62,34 @@ def hexdigest_parts(algo: str, parts: Iterable[bytes | memoryview]) -> str:
     for part in parts:
         state.update(part)
     return state.hexdigest()
+
+
+class Digester:
+    """Several digests of one stream of bytes, updated piece by piece."""
+
+    def __init__(self, algos: Iterable[str]) -> None:
+        """Start one digest per algorithm.
+
+        Raises:
+            HashError: An algorithm is not supported.
+        """
+        self._states = {}
+        for algo in algos:
+            constructor = _constructors().get(algo)
+            if constructor is None:
+                raise HashError(f"unknown hash algorithm {algo!r}; supported: {supported_hashes()}")
+            self._states[algo] = constructor()
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Feed the next piece."""
+        for state in self._states.values():
+            state.update(data)
+        self.size += len(data)
+
+    def hexdigests(self) -> dict[str, str]:
+        """Return ``{algo: hexdigest}`` of everything fed so far."""
+        return {algo: state.hexdigest() for algo, state in self._states.items()}
 
 
 def check_hash_names(names: Iterable[str] | None) -> list[str]:

@@ -23,7 +23,7 @@ import numpy as np
 from mdsloader.errors import MDSError, StorageError, TargetExistsError
 from mdsloader.mds.columnar import encode_batch
 from mdsloader.mds.compression import Codec, get_codec
-from mdsloader.mds.hashing import check_hash_names, hexdigest_parts
+from mdsloader.mds.hashing import Digester, check_hash_names, hexdigest_parts
 from mdsloader.mds.index import INDEX_BASENAME, FileInfo, Index, ShardInfo, dump_index
 from mdsloader.mds.record import ColumnPlan, RecordEncoder
 from mdsloader.mds.shard import MAX_SHARD_BYTES, Buffer, config_json, shard_parts, shard_size
@@ -279,16 +279,18 @@ class MDSWriter:
         raw_name = f"shard.{number:05}.mds"
         raw_info = FileInfo(raw_name, sum(map(len, raw)), self._digests(raw))
         zip_info = None
-        data = raw
         if self._codec is not None:
-            data = [self._codec.compress_parts(raw)]
             zip_name = f"{raw_name}.{self._codec.extension}"
-            zip_info = FileInfo(zip_name, len(data[0]), self._digests(data))
+            with open(os.path.join(self.local, zip_name), "wb") as fh:
+                sink = _DigestingFile(fh, self._hashes)
+                self._codec.compress_into(raw, sink)
+            zip_info = FileInfo(zip_name, sink.digester.size, sink.digester.hexdigests())
+        else:
+            with open(os.path.join(self.local, raw_name), "wb") as fh:
+                fh.writelines(raw)
+        del raw  # free the buffers before a possibly slow upload
         basename = (zip_info or raw_info).basename
         path = os.path.join(self.local, basename)
-        with open(path, "wb") as fh:
-            fh.writelines(data)
-        del raw, data  # free the buffers before a possibly slow upload
         if self._storage is not None:
             self._storage.upload_file(path, basename)
             if not self._keep_local:
@@ -354,6 +356,18 @@ class MDSWriter:
             self._progress = None
         if self.remote and not self._keep_local:
             shutil.rmtree(self.local, ignore_errors=True)
+
+
+class _DigestingFile:
+    """A write-only file that hashes what passes through (the compressed shard)."""
+
+    def __init__(self, fh: Any, algos: list[str]) -> None:
+        self.fh = fh
+        self.digester = Digester(algos)
+
+    def write(self, data: Buffer) -> int:
+        self.digester.update(data)
+        return self.fh.write(data)
 
 
 def _as_storage_error(exc: BaseException) -> BaseException:
