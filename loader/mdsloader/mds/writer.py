@@ -31,9 +31,6 @@ from mdsloader.mds.sizes import parse_size_limit
 
 __all__ = ["MDSWriter"]
 
-# Above this many buffers a shard is joined once instead of streamed piece by piece.
-_MAX_PARTS = 256
-
 
 class MDSWriter:
     """Writes an MDS v2 dataset, byte-identical to mosaicml-streaming's ``MDSWriter``.
@@ -258,9 +255,6 @@ class MDSWriter:
             raw = shard_parts(self._config, self._chunks, sizes)
         finally:
             self._reset_pending()
-        if len(raw) > _MAX_PARTS:
-            # Per-sample records: one join beats thousands of small compress/hash calls.
-            raw = [b"".join(raw)]
         self._wait_for_room()
         number = len(self._futures)
         future = self._pool.submit(self._store_shard, number, raw, len(sizes))
