@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -66,6 +67,7 @@ def enqueuer() -> RecordingEnqueuer:
 
 @pytest.fixture
 def client(app_settings: AppSettings, enqueuer: RecordingEnqueuer) -> Iterator[TestClient]:
+    """The app in process (fast: most API tests); ``live_api`` serves it over real HTTP."""
     with TestClient(create_app(app_settings, enqueue=enqueuer), headers=AUTH) as test_client:
         yield test_client
 
@@ -83,6 +85,7 @@ class LiveServer:
     def __init__(self, app, port: int) -> None:
         import uvicorn
 
+        self.app = app
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{port}"
@@ -96,6 +99,9 @@ class LiveServer:
                 raise TimeoutError("uvicorn did not start")
             time.sleep(0.02)
         return self
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def __exit__(self, *exc_info: object) -> None:
         self.server.should_exit = True

@@ -162,7 +162,7 @@ def test_reused_idempotency_key_with_another_body_is_a_conflict(client, store) -
         {},
         {"Authorization": "Bearer wrong-token"},
         {"Authorization": "Basic dXNlcjpwYXNz"},
-        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer"},
         {"Authorization": AUTH["Authorization"].lower().replace("bearer", "token")},
     ],
 )

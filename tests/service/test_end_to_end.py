@@ -12,15 +12,15 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import AppSettings
-from tests.conftest import require
-from tests.service.conftest import AUTH, TOKEN
+from tests.conftest import free_port, require
+from tests.service.conftest import AUTH, TOKEN, LiveServer
 from tests.service.workers import CeleryWorker
 from worker.jobs import RedisJobStore
 
@@ -100,8 +100,11 @@ def source(env: Env) -> str:
 
 
 @pytest.fixture(scope="module")
-def api(env: Env) -> Iterator[TestClient]:
-    with TestClient(create_app(env.settings), headers=AUTH) as client:
+def api(env: Env) -> Iterator[httpx.Client]:
+    with (
+        LiveServer(create_app(env.settings), free_port()) as server,
+        server.client(headers=AUTH) as client,
+    ):
         yield client
 
 
@@ -112,7 +115,7 @@ def worker(env: Env) -> Iterator[CeleryWorker]:
     process.stop()
 
 
-def wait_for(api: TestClient, job_id: str, states: set[str], timeout: float = 180) -> dict:
+def wait_for(api: httpx.Client, job_id: str, states: set[str], timeout: float = 180) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = api.get(f"/v1/jobs/{job_id}").json()
@@ -158,7 +161,7 @@ def assert_same_rows(samples: list[dict], rows: int) -> None:
         assert [float(v) for v in sample["emb"]] == [float(expected), float(-expected), 0.25]
 
 
-def wait_for_written_partition(api: TestClient, job_id: str, log: CeleryWorker) -> dict:
+def wait_for_written_partition(api: httpx.Client, job_id: str, log: CeleryWorker) -> dict:
     """Wait until the job is running and has written at least one partition's shards."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -170,7 +173,7 @@ def wait_for_written_partition(api: TestClient, job_id: str, log: CeleryWorker) 
     return job
 
 
-def submit(api: TestClient, source: str, target: str, **extra: object) -> dict:
+def submit(api: httpx.Client, source: str, target: str, **extra: object) -> dict:
     body = {"source_table": source, "target": target, "compression": "zstd:3", **extra}
     response = api.post("/v1/jobs", json=body)
     assert response.status_code == 202, response.text
@@ -199,7 +202,7 @@ def test_submit_convert_and_read_back_every_row(api, env, source, worker, tmp_pa
 def test_cancel_a_running_job_publishes_nothing(api, env, worker, tmp_path) -> None:
     from mdsloader.storage import open_storage
 
-    big = write_source(tmp_path / "big", 100_000, files=8)
+    big = write_source(tmp_path / "big", 40_000, files=8)
     target = f"{env.bucket}/cancelled"
     job = submit(api, big, target, partitions=32, compression="gz:9")
     wait_for_written_partition(api, job["id"], worker)
@@ -221,7 +224,7 @@ def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker)
     from mdsloader.storage import open_storage
 
     worker.stop()  # only the two workers of this test may take the job
-    big = write_source(tmp_path / "kill", 100_000, files=8)
+    big = write_source(tmp_path / "kill", 40_000, files=8)
     target = f"{env.bucket}/killed"
     short = {
         "CELERY_VISIBILITY_TIMEOUT": "12",
@@ -248,7 +251,7 @@ def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker)
         ("running", "running", 2),
         ("running", "succeeded", 2),
     ]
-    assert done["attempts"] == 2 and done["result"]["samples"] == 100_000
+    assert done["attempts"] == 2 and done["result"]["samples"] == 40_000
     storage = open_storage(target)
     assert set(storage.list("")) == referenced_files(storage), "orphaned shards after redelivery"
     assert store.client.exists(store.lease_key(job["id"])) == 0
