@@ -14,9 +14,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +85,16 @@ class Prefetcher:
         self._pid = os.getpid()
 
     def _submit(self, shard: int) -> Future[Path]:
+        return self.call(self._prepare, shard)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn(*args)`` on the pool (also used for background planning)."""
         if self._pid != os.getpid():
             # A forked DataLoader worker inherits the pool object but none of its threads.
             self._pool, self._pid = None, os.getpid()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mds-prefetch")
-        return self._pool.submit(self._prepare, shard)
+        return self._pool.submit(fn, *args)
 
     def runs(self, plan: RunPlan, predownload: int) -> Iterator[tuple[int, int, int, Path]]:
         """Yield ``(shard, start, end, path)`` for each run, once its shard is local.

@@ -1,0 +1,70 @@
+"""The iteration loop's view of one local shard: mmap, offsets, and a precomputed decoder.
+
+``mdsloader.mds.reader.ShardReader`` is the general-purpose reader; this view is the hot path of
+``StreamingDataset``. Opening is O(1) in Python objects: the offsets stay a ``memoryview`` over
+the mapped header (no list of millions of ints is built, which matters for shards of tiny
+samples), and decoding a run of samples is one tight loop of ``decode(map[begin:end])``. Slicing
+an mmap copies, so decoded values never alias the file, and the mapping stays valid after the
+file is evicted (Linux keeps an unlinked inode alive while it is mapped).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from mdsloader.errors import ObjectNotFoundError, ShardFormatError
+
+
+class ShardView:
+    """Random access to the samples of one raw (uncompressed) shard file.
+
+    Args:
+        path: The raw shard file.
+        info: Its ``ShardInfo``; unsafe columns must have been checked by the caller.
+
+    Raises:
+        ObjectNotFoundError: The file does not exist (e.g. it was just evicted).
+        ShardFormatError: The file disagrees with the index (size or header).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], info: Any) -> None:
+        from mdsloader.mds.record import SampleDecoder
+        from mdsloader.mds.shard import read_offsets
+
+        self.path = os.fspath(path)
+        try:
+            with open(self.path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size != info.raw_data.bytes:
+                    raise ShardFormatError(
+                        f"{self.path}: {size} bytes, the index says {info.raw_data.bytes}"
+                    )
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError as exc:
+            raise ObjectNotFoundError(f"shard file {self.path} does not exist") from exc
+        read_offsets(self._map, info.samples, where=self.path)  # validates the header
+        self._offsets = memoryview(self._map)[4 : 4 * (info.samples + 2)].cast("I")
+        self._decode = SampleDecoder(info).decode
+        self.samples = int(info.samples)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """Decode sample ``index`` of this shard (0-based, no negative indices)."""
+        offsets = self._offsets
+        return self._decode(self._map[offsets[index] : offsets[index + 1]])
+
+    def decode_many(self, indices: Iterable[int]) -> Iterator[dict[str, Any]]:
+        """Decode the given samples in order: the iteration loop's inner loop."""
+        decode, data, offsets = self._decode, self._map, self._offsets
+        for index in indices:
+            yield decode(data[offsets[index] : offsets[index + 1]])
+
+    def close(self) -> None:
+        """Unmap the file."""
+        self._offsets.release()
+        self._map.close()
