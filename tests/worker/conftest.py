@@ -127,3 +127,16 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Standalo
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def retried_local_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One conversion in a separate local[2,3] driver whose tasks all fail their first attempt;
+    it also saves the rows as catalog table ``shop.orders`` in its persistent metastore."""
+    root = tmp_path_factory.mktemp("retried")
+    out, data_dir = root / "ds", root / "data"
+    result = run_script(
+        "convert_job.py", "local[2,3]", str(out), "300", "2", str(data_dir), "--fault",
+        "--save-table", env=subprocess_env(),
+    )
+    return {"result": result, "out": out, "data_dir": data_dir}

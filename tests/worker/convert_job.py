@@ -3,7 +3,10 @@
 Used by the tests for what needs a fresh Spark driver: a standalone cluster master, task retries
 (``spark.task.maxFailures``), and the fault-injection environment of the executors.
 
-    python convert_job.py MASTER TARGET ROWS PARTITIONS DATA_DIR [--fault]
+    python convert_job.py MASTER TARGET ROWS PARTITIONS DATA_DIR [--fault] [--save-table]
+
+``--save-table`` also saves the rows as the catalog table ``shop.orders`` (persistent metastore
+under DATA_DIR), for the test that reads it from another process.
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ def main() -> None:
         "array(cast(id as float), cast(id * 2 as float)) as emb",
     )
     result = dataframe_to_mds(df, target, size_limit=1 << 12, run_id="run-test")
+    if "--save-table" in sys.argv[6:]:
+        spark.sql("create database if not exists shop")
+        df.write.mode("overwrite").saveAsTable("shop.orders")
     spark.stop()
     print(json.dumps({**asdict(result), "retried_partitions": counter.retried}))
 

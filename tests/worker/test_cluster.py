@@ -39,12 +39,10 @@ def test_standalone_cluster_writes_to_s3_and_survives_a_failed_first_attempt(
     assert sum(k.endswith(".mds.zstd") for k in keys) == result["shards"]
 
 
-def test_local_retries_overwrite_their_own_files_and_leave_no_orphans(scratch, reference) -> None:
-    out = scratch / "ds"
-    result = run_script(
-        "convert_job.py", "local[2,3]", str(out), "300", "2", str(scratch / "data"), "--fault",
-        env=subprocess_env(),
-    )
+def test_local_retries_overwrite_their_own_files_and_leave_no_orphans(
+    retried_local_run, reference
+) -> None:
+    result, out = retried_local_run["result"], retried_local_run["out"]
     assert result["samples"] == 300
     assert result["retried_partitions"] == 2
     assert [int(s["id"]) for s in read_ours(out)] == list(range(300))

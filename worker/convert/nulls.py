@@ -29,9 +29,8 @@ _INT_RANGES = {
 
 @dataclass(frozen=True, slots=True)
 class NullCounts:
-    """Rows in the source, and per column the rows with a missing value or null elements."""
+    """Per column, the rows with a missing value or with null elements."""
 
-    rows: int
     missing: dict[str, int] = field(default_factory=dict)
     null_elements: dict[str, int] = field(default_factory=dict)
 
@@ -48,14 +47,17 @@ class NullCounts:
 
 
 def count_nulls(df: DataFrame, plans: list[ColumnPlan]) -> NullCounts:
-    """Count rows and missing values of every column in one Spark aggregation."""
-    aggregates = [F.count(F.lit(1)).alias("rows")]
+    """Count missing values of every column in one Spark aggregation (none if nothing can be
+    missing, e.g. only non-nullable scalar columns)."""
+    aggregates = []
     for index, plan in enumerate(plans):
         missing, holes = _predicates(plan)
         if missing is not None:
             aggregates.append(_count_where(missing).alias(f"m{index}"))
         if holes is not None:
             aggregates.append(_count_where(holes).alias(f"h{index}"))
+    if not aggregates:
+        return NullCounts()
     row = df.agg(*aggregates).first()
     values = row.asDict() if row is not None else {}
     missing_counts, hole_counts = {}, {}
@@ -64,7 +66,7 @@ def count_nulls(df: DataFrame, plans: list[ColumnPlan]) -> NullCounts:
             missing_counts[plan.name] = int(values[f"m{index}"])
         if values.get(f"h{index}"):
             hole_counts[plan.name] = int(values[f"h{index}"])
-    return NullCounts(int(values.get("rows") or 0), missing_counts, hole_counts)
+    return NullCounts(missing_counts, hole_counts)
 
 
 def apply_null_policy(

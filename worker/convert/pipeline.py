@@ -184,7 +184,8 @@ def _write(
             raise ConversionCancelled(_CANCELLED) from exc
         raise
     finally:
-        sc.setLocalProperty("spark.jobGroup.id", None)
+        for key in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+            sc.setLocalProperty(key, None)  # the thread's later jobs are not ours
     if cancel is not None and cancel.is_set():
         _abandon(monitor, request.publisher)
         raise ConversionCancelled(_CANCELLED)
