@@ -49,7 +49,7 @@ def test_overwrite_swaps_the_index_then_removes_the_old_run(spark, scratch, refe
     assert basenames[0] == "new/00000/shard.00000.mds.zstd"
 
 
-def slow_frame(spark, rows: int, partitions: int, delay: float):
+def slow_frame(spark, rows: int, partitions: int, delay: float, *, nullable: bool = False):
     from pyspark.sql import functions as F
 
     def sleep_then(value):
@@ -58,10 +58,10 @@ def slow_frame(spark, rows: int, partitions: int, delay: float):
 
     slow = F.udf(sleep_then, "long")
 
-    # coalesce makes the column non-nullable, so only the write stage runs the slow UDF.
-    return spark.range(0, rows, numPartitions=partitions).select(
-        "id", F.coalesce(slow("id"), F.lit(0)).alias("x")
-    )
+    # coalesce makes the column non-nullable, so only the write stage runs the slow UDF;
+    # a nullable one makes the null count run it too.
+    column = slow("id") if nullable else F.coalesce(slow("id"), F.lit(0))
+    return spark.range(0, rows, numPartitions=partitions).select("id", column.alias("x"))
 
 
 def test_cancel_mid_conversion_removes_everything_and_publishes_nothing(spark, scratch) -> None:
@@ -81,6 +81,19 @@ def test_cancel_mid_conversion_removes_everything_and_publishes_nothing(spark, s
     assert cancelled_at, "the conversion finished before it could be cancelled"
     assert time.monotonic() - cancelled_at[0] < 10
     assert files_under(out) == []
+
+
+def test_cancel_during_the_null_count_stops_it(spark, scratch) -> None:
+    cancel = threading.Event()
+    timer = threading.Timer(1.0, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(ConversionCancelled):
+        dataframe_to_mds(
+            slow_frame(spark, 400, 4, 0.05, nullable=True), str(scratch / "ds"), cancel=cancel
+        )
+    assert time.monotonic() - started < 10  # the whole count would take 10 s
+    assert files_under(scratch) == []
 
 
 def test_cancel_before_start_writes_nothing(spark, scratch) -> None:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 
 from mdsloader.errors import MDSError
 from mdsloader.mds.compression import get_codec
@@ -38,6 +38,12 @@ from worker.errors import ConversionCancelled, ConversionError, PermanentConvers
 MAX_SIZE_LIMIT = (1 << 32) - 1  # uint32 offsets (mds-format.md 1.3)
 _CANCELLED = "the conversion was cancelled; nothing was published"
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _NullPolicy:
+    name: NullPolicy
+    fill_values: dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +118,8 @@ def dataframe_to_mds(
     try:
         request = _prepare(df, out, columns, compression, hashes, size_limit, mode, run_id)
         _check_cancel(cancel)
-        counts = count_nulls(df, request.plans)
-        _check_cancel(cancel)
-        rows = apply_null_policy(df, request.plans, counts, null_policy, fill_values)
-        if partitions:
-            rows = rows.repartition(int(partitions))
-        outputs = _write(rows, request, progress, cancel)
+        policy = _NullPolicy(null_policy, dict(fill_values or {}))
+        outputs = _run_jobs(df, request, policy, partitions, progress, cancel)
         return _publish(request, outputs)
     except ConversionError:
         raise
@@ -159,24 +161,22 @@ def _prepare(
     return _Request(plans, options, publisher, storage)
 
 
-def _write(
-    rows: DataFrame,
+def _run_jobs(
+    df: DataFrame,
     request: _Request,
+    policy: _NullPolicy,
+    partitions: int | None,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
 ) -> list[PartitionOutput]:
-    projected = rows.select(*projection(request.plans))
-    sc = projected.sparkSession.sparkContext
+    """Count nulls, then write every partition, all in one cancellable Spark job group."""
+    sc = df.sparkSession.sparkContext
     group = f"mds-convert-{uuid.uuid4().hex[:12]}"
-    monitor = JobMonitor(
-        sc, group, partitions_total=projected.rdd.getNumPartitions(), progress=progress,
-        cancel=cancel,
-    )
-    writer = PartitionWriter(request.options, monitor.counters)
+    monitor = JobMonitor(sc, group, progress=progress, cancel=cancel)
     sc.setJobGroup(group, f"MDS conversion to {request.storage.url}", interruptOnCancel=True)
     try:
         with monitor:
-            collected = projected.mapInArrow(writer, RESULT_SCHEMA).collect()
+            collected = _write(df, request, policy, partitions, monitor)
         monitor.report()
     except BaseException as exc:
         _abandon(monitor, request.publisher)
@@ -189,6 +189,27 @@ def _write(
     if cancel is not None and cancel.is_set():
         _abandon(monitor, request.publisher)
         raise ConversionCancelled(_CANCELLED)
+    return _outputs(collected)
+
+
+def _write(
+    df: DataFrame,
+    request: _Request,
+    policy: _NullPolicy,
+    partitions: int | None,
+    monitor: JobMonitor,
+) -> list[Row]:
+    counts = count_nulls(df, request.plans)
+    rows = apply_null_policy(df, request.plans, counts, policy.name, policy.fill_values)
+    if partitions:
+        rows = rows.repartition(int(partitions))
+    projected = rows.select(*projection(request.plans))
+    monitor.partitions_total = projected.rdd.getNumPartitions()
+    writer = PartitionWriter(request.options, monitor.counters)
+    return projected.mapInArrow(writer, RESULT_SCHEMA).collect()
+
+
+def _outputs(collected: list[Row]) -> list[PartitionOutput]:
     for row in collected:
         if row["attempt"]:
             log.info(
