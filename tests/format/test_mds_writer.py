@@ -313,3 +313,26 @@ def test_missing_codec_fails_at_construction(tmp_path, monkeypatch, compression,
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingExtraError, match="codecs"):
         MDSWriter(columns=COLUMNS, out=str(tmp_path), compression=compression)
+
+
+def test_failed_index_upload_can_be_retried(tmp_path, monkeypatch):
+    from mdsloader.storage import LocalStorage
+
+    real_write = LocalStorage.write_bytes
+    calls = []
+
+    def flaky_write(self, relpath, data):
+        calls.append(relpath)
+        if len(calls) == 1:
+            raise StorageError("index upload failed")
+        real_write(self, relpath, data)
+
+    monkeypatch.setattr(LocalStorage, "write_bytes", flaky_write)
+    writer = MDSWriter(columns=COLUMNS, out=(str(tmp_path / "l"), str(tmp_path / "r")))
+    writer.write(rows(1)[0])
+    with pytest.raises(StorageError, match="index upload failed"):
+        writer.finish()
+    assert not (tmp_path / "r" / "index.json").exists()
+    assert writer.finish().num_samples == 1
+    assert read_index(tmp_path / "r").num_samples == 1
+    assert not (tmp_path / "l").exists()

@@ -332,11 +332,9 @@ class MDSWriter:
             try:
                 self._storage.write_bytes(INDEX_BASENAME, data)
             except BaseException as exc:
+                # Local files stay, so calling finish() again retries the index upload.
                 raise _as_storage_error(exc) from exc
-            finally:
-                self._close()
-        else:
-            self._close()
+        self._close()
 
     def _abort(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
