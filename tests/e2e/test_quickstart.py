@@ -56,6 +56,7 @@ def port_in(output: str, pattern: str) -> int:
 @pytest.fixture
 def prerequisites() -> None:
     require(shutil.which("java") is not None, "java is not installed (Spark needs it)")
+    require(shutil.which("curl") is not None, "curl is not installed")
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
 
 
@@ -144,22 +145,24 @@ def test_quickstart_serve_runs_the_service_until_interrupted(
     reader = LineReader(process)
     try:
         output = reader.until("Press Ctrl-C to stop", timeout=120)
-        token = re.search(r"token\s+(\S+)", reader.until("Submit a job", timeout=10)).group(1)
+        output = reader.until("catalog tables live", timeout=10)
+        token = re.search(r"token\s+(\S+)", output).group(1)
         assert f"using {redis_server.url}" in output  # a reachable Redis is used, not replaced
         worker_pgid = port_in(output, r"Celery worker pid (\d+)")
-        table = re.search(r"demo table\s+(parquet\.`[^`]+`)", reader.text).group(1)
 
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}",
-            timeout=10,
-            headers={"Authorization": f"Bearer {token}"},
-        ) as client:
-            target = str(scratch / "datasets" / "mine")
-            response = client.post("/v1/jobs", json={"source_table": table, "target": target})
-            assert response.status_code == 202, response.text
-            job = wait_for_final(client, response.json()["id"])
+        # The printed curl example, run as a user would paste it, submits a job that succeeds.
+        submitted = subprocess.run(
+            ["bash", "-c", printed_submit_command(output)], capture_output=True, text=True,
+            timeout=30, check=True,
+        )  # fmt: skip
+        job_id = json.loads(submitted.stdout)["id"]
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert client.get(f"/v1/jobs/{job_id}").status_code == 401  # the token is needed
+            client.headers["Authorization"] = f"Bearer {token}"
+            job = wait_for_final(client, job_id)
         assert job["state"] == "succeeded", job
         assert job["result"]["samples"] == 500
+        assert job["request"]["target"] == str(scratch.resolve() / "datasets" / "my-events")
 
         process.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal does
         assert process.wait(timeout=60) == 0
@@ -172,6 +175,16 @@ def test_quickstart_serve_runs_the_service_until_interrupted(
     assert not is_listening(port)
     assert group_is_gone(worker_pgid)
     assert is_listening(redis_server.port), "the quick start stopped a Redis it did not start"
+
+
+def printed_submit_command(output: str) -> str:
+    """The ``curl -X POST`` example of the --serve banner, continuation lines included."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "curl -s -X POST" in line)
+    end = start
+    while lines[end].rstrip().endswith("\\"):
+        end += 1
+    return "\n".join(lines[start : end + 1])
 
 
 def wait_for_final(client: httpx.Client, job_id: str, timeout: float = 150) -> dict:

@@ -26,9 +26,16 @@ from tests.conftest import free_port, require
 
 def test_demo_table_values_are_functions_of_the_row_id(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(demo, "ROWS_PER_FILE", 400)
+    monkeypatch.setattr(demo, "ROW_GROUP_ROWS", 100)
     table, written = demo.seed_demo_table(tmp_path / "events", 1000)
     assert written and table.source_table == f"parquet.`{tmp_path / 'events'}`"
-    assert len(list(table.path.glob("*.parquet"))) == 3
+    files = sorted(table.path.glob("*.parquet"))
+    # Row groups are what Spark can split a file at: several per file.
+    assert [pq.ParquetFile(f).metadata.num_row_groups for f in files] == [
+        4,
+        4,
+        4,
+    ]  # 334, 334, 332 rows
     data = pq.read_table(table.path).sort_by("id")
     ids = data["id"].to_numpy()
     np.testing.assert_array_equal(ids, np.arange(1000))
