@@ -134,3 +134,33 @@ def test_an_unreachable_s3_target_is_a_transient_failure_before_writing() -> Non
         Publisher(storage, "r", "error").check_target()
     error = to_conversion_error(caught.value)
     assert isinstance(error, TransientConversionError) and error.retryable
+
+
+class FlakyIndexWrite:
+    """A LocalStorage whose index.json write reports a failure (optionally after writing)."""
+
+    def __init__(self, inner, *, lands: bool) -> None:
+        self.inner, self.lands = inner, lands
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        if self.lands:
+            self.inner.write_bytes(relpath, data)
+        raise OSError("connection reset while reading the response")
+
+
+def test_an_index_write_whose_response_was_lost_still_counts_as_published(tmp_path) -> None:
+    output = write_partition(tmp_path, "r", 0, ["shard.00000.mds.zstd"])
+    storage = FlakyIndexWrite(open_storage(str(tmp_path)), lands=True)
+    Publisher(storage, "r", "error").publish([output])
+    assert read_index(tmp_path).shards[0].file.basename == "r/00000/shard.00000.mds.zstd"
+
+
+def test_a_failed_index_write_raises_and_publishes_nothing(tmp_path) -> None:
+    output = write_partition(tmp_path, "r", 0, ["shard.00000.mds.zstd"])
+    storage = FlakyIndexWrite(open_storage(str(tmp_path)), lands=False)
+    with pytest.raises(OSError, match="connection reset"):
+        Publisher(storage, "r", "error").publish([output])
+    assert not (tmp_path / "index.json").exists()

@@ -52,6 +52,9 @@ class WriteOptions:
     compression: str | None
     hashes: tuple[str, ...]
     size_limit: int
+    # Compression/upload threads per task. Tasks already run in parallel on every core, and each
+    # thread may hold a flushed shard (up to size_limit) in memory, so keep this small.
+    writer_threads: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ def write_partition(
                     compression=options.compression,
                     hashes=list(options.hashes),
                     size_limit=options.size_limit,
+                    max_workers=options.writer_threads,
                     exist_ok=True,  # a retried attempt replaces what its predecessor wrote
                 )
             writer.write_batch(convert_batch(batch, plans))

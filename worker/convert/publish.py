@@ -75,9 +75,26 @@ class Publisher:
         ordered = sorted((o for o in outputs if o.index.shards), key=lambda o: o.partition)
         index = merge_shards([(self._part_path(o.partition), o.index) for o in ordered])
         self._remove_orphans(index, {o.partition for o in ordered})
-        self.storage.write_bytes(INDEX, dump_index(index))
-        self._remove_previous(index)
+        self._commit(index)
+        try:
+            self._remove_previous(index)
+        except Exception:  # the new dataset is live; old files left behind are only garbage
+            log.exception("conversion.previous_run_cleanup_failed")
         return index
+
+    def _commit(self, index: Index) -> None:
+        """Write index.json in one PUT/rename. If the write reports a failure but the new index
+        is in place anyway (a lost response), it counts as published."""
+        data = dump_index(index)
+        try:
+            self.storage.write_bytes(INDEX, data)
+        except Exception:
+            try:
+                landed = self.storage.read_bytes(INDEX) == data
+            except Exception:
+                landed = False
+            if not landed:
+                raise
 
     def discard(self) -> int:
         """Delete everything this run wrote (nothing is published)."""

@@ -31,7 +31,8 @@ def build_spark_session(
     Binds the driver to 127.0.0.1 unless ``conf`` says otherwise, makes executors use this
     interpreter, and keeps a Derby metastore and the warehouse under ``data_dir`` so that a table
     saved by one process is visible to the next one. Derby is single-process: only one JVM may
-    hold the metastore at a time.
+    hold the metastore at a time. If this process already runs a session, Spark returns it and
+    applies only the runtime SQL settings of ``conf``.
     """
     from pyspark.sql import SparkSession
 
