@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mdsloader.ordering import SHUFFLE_ALGOS, get_shuffle
+from mdsloader.ordering import SHUFFLE_ALGOS, get_shuffle, py1e
 from mdsloader.ordering.argsort import _colliding_neighbours, argsort_positions
 from mdsloader.ordering.py1e import (
     _skip_uniforms,
@@ -193,3 +193,17 @@ def test_py1e_node_sort_resolves_collisions_through_the_span_lookup(id_base):
     _sort_node(positions, ids, _SpanLookup(ids, begins, sizes), int(id_base * 2).bit_length(),
                out)
     np.testing.assert_array_equal(out, ids[np.argsort(positions, kind="stable")])
+
+
+@pytest.mark.interop
+def test_py1e_sorting_in_a_helper_thread_matches_reference(ref_shuffle, monkeypatch):
+    monkeypatch.setattr(py1e, "_PIPELINE_MIN", 1)  # pipeline even tiny canonical nodes
+    rng = np.random.default_rng(21)
+    for _ in range(60):
+        sizes = rng.integers(0, 60, int(rng.integers(1, 10)))
+        _both(ref_shuffle, "py1e", sizes, int(rng.choice([2, 3, 8])), int(rng.integers(0, 99)),
+              int(rng.integers(0, 2)), int(rng.choice([7, 50])))
+    # And at the real threshold: 3 canonical nodes of ~100k samples.
+    monkeypatch.undo()
+    _both(ref_shuffle, "py1e", np.random.default_rng(2).integers(1000, 3000, 150), 3, 7, 1,
+          200_000)

@@ -10,11 +10,16 @@ times faster than ``np.argsort`` and with no gather afterwards.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 
 from mdsloader.ordering.argsort import MIN_FRACTION_BITS, fraction_bits, sort_by_position
 from mdsloader.ordering.spans import Pieces, shuffle_parts
+
+# Canonical nodes smaller than this are sorted inline: a thread hand-off would cost more.
+_PIPELINE_MIN = 1 << 16
 
 
 def shuffle_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int) -> np.ndarray:
@@ -58,30 +63,28 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
     bounds = pieces.sample_bounds.tolist()
     perm = np.empty(bounds[-1], np.int64)
     widest = max(int(np.diff(pieces.sample_bounds).max(initial=0)), 1)
-    # Per-node scratch, reused by every canonical node: span-shuffled ids and their positions.
-    ids = np.empty(widest, np.int64)
-    positions = np.empty(widest, np.float64)
     id_bits = max(int(bounds[-1] - 1).bit_length(), 1)
     low, high = int(0.75 * block_size), int(1.25 * block_size)
     clipped = False
-    for c in range(pieces.num_parts):
-        begin, end = bounds[c], bounds[c + 1]
-        if begin == end:
-            raise ValueError(
-                f"Canonical node {c} gets no samples: the dataset (or a stream) has fewer samples "
-                f"than num_canonical_nodes ({pieces.num_parts}). Reduce num_canonical_nodes."
-            )
-        chosen = spans[pieces.part(c)]
-        begins, sizes = pieces.begins[chosen], pieces.sizes[chosen]
-        node_ids = ids[:end - begin]
-        _fill_shuffled_spans(node_ids, begins.tolist(), sizes.tolist(), rng)
-        if needed is not None and not needed[c]:
-            clipped |= _shift_positions(None, sizes.tolist(), rng, low, high)
-            continue
-        node_positions = positions[:end - begin]
-        clipped |= _shift_positions(node_positions, sizes.tolist(), rng, low, high)
-        _sort_node(node_positions, node_ids, _SpanLookup(node_ids, begins, sizes), id_bits,
-                   perm[begin:end])
+    with _NodeSorter(widest, id_bits, pipelined=pieces.num_parts > 1) as sorter:
+        for c in range(pieces.num_parts):
+            begin, end = bounds[c], bounds[c + 1]
+            if begin == end:
+                raise ValueError(
+                    f"Canonical node {c} gets no samples: the dataset (or a stream) has fewer "
+                    f"samples than num_canonical_nodes ({pieces.num_parts}). Reduce "
+                    "num_canonical_nodes."
+                )
+            chosen = spans[pieces.part(c)]
+            begins, sizes = pieces.begins[chosen], pieces.sizes[chosen]
+            node_ids, node_positions = sorter.scratch(end - begin)
+            _fill_shuffled_spans(node_ids, begins.tolist(), sizes.tolist(), rng)
+            if needed is not None and not needed[c]:
+                clipped |= _shift_positions(None, sizes.tolist(), rng, low, high)
+                continue
+            clipped |= _shift_positions(node_positions, sizes.tolist(), rng, low, high)
+            sorter.submit(node_positions, node_ids, _SpanLookup(node_ids, begins, sizes),
+                          perm[begin:end])
     if clipped:
         warnings.warn(
             "Shuffle block size was smaller than shard size for some shards, so those shards are "
@@ -89,6 +92,55 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
             stacklevel=2,
         )
     return perm
+
+
+class _NodeSorter:
+    """Sorts canonical nodes, each sort overlapping the next node's random draws.
+
+    numpy releases the GIL in both its sort and its shuffles, so a helper thread sorting node ``c``
+    while the caller replays node ``c + 1``'s draws cuts the wall time. Two scratch sets alternate
+    so that the node being sorted is never overwritten. Results are the same either way.
+    """
+
+    def __init__(self, widest: int, id_bits: int, *, pipelined: bool) -> None:
+        pipelined = pipelined and widest >= _PIPELINE_MIN
+        self._sets = [(np.empty(widest, np.int64), np.empty(widest, np.float64))
+                      for _ in range(2 if pipelined else 1)]
+        self._id_bits = id_bits
+        self._turn = 0
+        self._pool = ThreadPoolExecutor(1, "mdsloader-py1e") if pipelined else None
+        self._pending: Future[None] | None = None
+
+    def scratch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (ids, positions) buffers to fill for the next node."""
+        ids, positions = self._sets[self._turn % len(self._sets)]
+        return ids[:size], positions[:size]
+
+    def submit(self, positions: np.ndarray, ids: np.ndarray, lookup: _SpanLookup,
+               out: np.ndarray) -> None:
+        """Sort a filled node into ``out`` (now, or in the helper thread)."""
+        job = partial(_sort_node, positions, ids, lookup, self._id_bits, out)
+        if self._pool is None:
+            job()
+        else:
+            self._wait()
+            self._pending = self._pool.submit(job)
+        self._turn += 1
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def __enter__(self) -> _NodeSorter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._wait()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
 
 
 def _sort_node(positions: np.ndarray, ids: np.ndarray, lookup: _SpanLookup, id_bits: int,
