@@ -150,6 +150,10 @@ class ShardCache:
                 self._prepare(shard_id, stream)
         return raw
 
+    def touch(self, shard_id: int) -> None:
+        """Mark a shard as just used (its LRU stamp), if it is present."""
+        self._touch(self._raw[shard_id])
+
     @staticmethod
     def _touch(path: Path) -> bool:
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -38,7 +39,8 @@ from mdsloader.state import EpochLedger, ResumeState, resolve_epoch
 from mdsloader.stream import Stream
 from mdsloader.world import World, detect_world
 
-_OPEN_READERS = 16
+_OPEN_READERS = 64  # mmaps cost address space only
+_TOUCH_EVERY = 5.0  # seconds between LRU stamps of a shard being read
 _READ_RETRIES = 3
 _HEAD = 4096  # samples planned before the first one is yielded
 _CHUNK = 8192  # in-shard indices converted to Python ints at a time
@@ -151,12 +153,13 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
     def _init_runtime(self) -> None:
         """Per-process state that never travels into DataLoader workers."""
         self._readers: OrderedDict[int, ShardView] = OrderedDict()
+        self._touched: dict[int, float] = {}
         self._prefetcher = Prefetcher(self.cache.ensure, threads=min(8, max(2, self.num_shards)))
         self._shard_ends_list: list[int] = self._catalog.shard_ends.tolist()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_readers", "_prefetcher", "_finalizer", "_shard_ends_list"):
+        for key in ("_readers", "_prefetcher", "_finalizer", "_shard_ends_list", "_touched"):
             state.pop(key, None)
         return state
 
@@ -342,17 +345,28 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
     def _decode_plan(self, plan: RunPlan) -> Iterator[dict[str, Any]]:
         readers = self._readers
         local = plan.local
-        for shard, start, end, path in self._prefetcher.runs(plan, self.predownload):
+        runs = self._prefetcher.runs(plan, self.predownload, readers.__contains__)
+        for shard, start, end, path in runs:
             reader = readers.get(shard)
             if reader is None:
-                reader = self._open_reader(shard, path)
+                # path is None only if the reader was open at scheduling time and closed since.
+                reader = self._open_reader(shard, path or self.cache.ensure(shard))
             else:
                 readers.move_to_end(shard)
+                self._touch(shard)
             if end - start == 1:
                 yield reader[int(local[start])]
                 continue
             for begin in range(start, end, _CHUNK):
                 yield from reader.decode_many(local[begin : min(end, begin + _CHUNK)].tolist())
+
+    def _touch(self, shard: int) -> None:
+        """Refresh an open shard's LRU stamp now and then (it is read through its mmap)."""
+        now = time.monotonic()
+        if now - self._touched.get(shard, 0.0) > _TOUCH_EVERY:
+            self._touched[shard] = now
+            if self.cache_limit is not None:
+                self.cache.touch(shard)
 
     def close(self) -> None:
         """Stop prefetch threads and unmap open shards (also done at garbage collection)."""

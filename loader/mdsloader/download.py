@@ -96,34 +96,47 @@ class Prefetcher:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mds-prefetch")
         return self._pool.submit(fn, *args)
 
-    def runs(self, plan: RunPlan, predownload: int) -> Iterator[tuple[int, int, int, Path]]:
+    def runs(
+        self,
+        plan: RunPlan,
+        predownload: int,
+        ready: Callable[[int], bool] | None = None,
+    ) -> Iterator[tuple[int, int, int, Path | None]]:
         """Yield ``(shard, start, end, path)`` for each run, once its shard is local.
 
         Args:
             plan: The runs to walk.
             predownload: How many samples ahead of the current position to prepare.
+            ready: Says a shard needs no preparing (the caller already has it open); such runs
+                are yielded with ``path=None`` and cost no thread round trip, which matters
+                for shuffled epochs whose runs are mostly a single sample.
         """
+        shards, starts, ends = plan.shards.tolist(), plan.starts.tolist(), plan.ends.tolist()
         pending: dict[int, Future[Path]] = {}
         refs: dict[int, int] = {}
-        submitted = 0
+        submitted, total, lookahead = 0, len(shards), max(predownload, 1)
         try:
-            for k in range(len(plan)):
-                horizon = int(plan.starts[k]) + max(predownload, 1)
-                while submitted < len(plan) and (
-                    submitted <= k or plan.starts[submitted] < horizon
-                ):
-                    shard = int(plan.shards[submitted])
+            for k in range(total):
+                horizon = starts[k] + lookahead
+                while submitted < total and (submitted <= k or starts[submitted] < horizon):
+                    shard = shards[submitted]
+                    submitted += 1
+                    if ready is not None and ready(shard):
+                        continue
                     if shard not in pending:
                         pending[shard] = self._submit(shard)
                     refs[shard] = refs.get(shard, 0) + 1
-                    submitted += 1
-                shard = int(plan.shards[k])
-                path = pending[shard].result()
+                shard = shards[k]
+                future = pending.get(shard)
+                if future is None:
+                    yield shard, starts[k], ends[k], None
+                    continue
+                path = future.result()
                 refs[shard] -= 1
                 if not refs[shard]:
                     # A later revisit of this shard re-checks presence (it may have been evicted).
                     del pending[shard], refs[shard]
-                yield shard, int(plan.starts[k]), int(plan.ends[k]), path
+                yield shard, starts[k], ends[k], path
         finally:
             for future in pending.values():
                 future.cancel()
