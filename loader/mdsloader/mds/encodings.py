@@ -38,8 +38,7 @@ NDARRAY_DTYPES: dict[str, int] = {
     "uint8": 8, "int8": 9, "uint16": 16, "int16": 17, "float16": 18, "uint32": 32,
     "int32": 33, "float32": 34, "uint64": 64, "int64": 65, "float64": 66,
 }
-_DTYPE_BY_CODE = {code: name for name, code in NDARRAY_DTYPES.items()}
-_SHAPE_DTYPES = ("<u1", "<u2", "<u4", "<u8")
+_DTYPE_OF_CODE = {code: np.dtype(name).newbyteorder("<") for name, code in NDARRAY_DTYPES.items()}
 _STRUCT_CODES = {
     "int8": "b", "uint8": "B", "int16": "h", "uint16": "H", "int32": "i", "uint32": "I",
     "int64": "q", "uint64": "Q", "float16": "e", "float32": "f", "float64": "d",
@@ -90,13 +89,14 @@ class _Int(Encoding):
 class ScalarEncoding(Encoding):
     """A numpy scalar of fixed dtype (``int8`` ... ``float64``), decoded as a numpy scalar."""
 
-    __slots__ = ("_pack", "dtype")
+    __slots__ = ("_pack", "dtype", "struct_code")
 
     def __init__(self, name: str) -> None:
         self.dtype = np.dtype(name).newbyteorder("<")
         super().__init__(name, self.dtype.itemsize)
         # struct is ~3x faster than numpy for the common case of a Python int/float value.
-        self._pack = struct.Struct("<" + _STRUCT_CODES[name]).pack
+        self.struct_code = _STRUCT_CODES[name]
+        self._pack = struct.Struct("<" + self.struct_code).pack
 
     def _encode(self, value: Any) -> bytes:
         kind = type(value)
@@ -231,16 +231,20 @@ class NDArrayEncoding(Encoding):
         pos = 0
         dtype = self.dtype
         if dtype is None:
-            dtype = np.dtype(_DTYPE_BY_CODE[data[0]]).newbyteorder("<")
+            dtype = _DTYPE_OF_CODE[data[0]]
             pos = 1
         shape = self.shape
         if shape is None:
-            ndim, code = data[pos] >> 2, data[pos] & 3
-            shape_dtype = np.dtype(_SHAPE_DTYPES[code])
-            pos += 1
-            shape = tuple(np.frombuffer(data, shape_dtype, ndim, pos).tolist())
-            pos += ndim * shape_dtype.itemsize
+            head = data[pos]
+            ndim, code = head >> 2, head & 3
+            shape = _shape_struct(ndim, code).unpack_from(data, pos + 1)
+            pos += 1 + ndim * (1 << code)
         return np.frombuffer(data, dtype, offset=pos).reshape(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _shape_struct(ndim: int, code: int) -> struct.Struct:
+    return struct.Struct(f"<{ndim}{'BHIQ'[code]}")
 
 
 def shape_header(shape: tuple[int, ...]) -> bytes:
@@ -250,7 +254,7 @@ def shape_header(shape: tuple[int, ...]) -> bytes:
         raise EncodingError(f"ndarray has too many axes: at most 63, got {ndim}")
     biggest = max(shape)
     code = 0 if biggest < 1 << 8 else 1 if biggest < 1 << 16 else 2 if biggest < 1 << 32 else 3
-    return struct.pack(f"<B{ndim}{'BHIQ'[code]}", (ndim << 2) | code, *shape)
+    return bytes([(ndim << 2) | code]) + _shape_struct(ndim, code).pack(*shape)
 
 
 # dtype -> its dtype byte, or -1 if ndarray cannot store it; dtype.name is slow in numpy.

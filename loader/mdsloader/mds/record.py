@@ -131,8 +131,9 @@ def _int_packer(coder: Encoding) -> tuple[Any, int, int]:
 class SampleDecoder:
     """Decodes sample records of one shard layout into dicts.
 
-    The plan is computed once: fixed-width scalar columns are read with one ``np.frombuffer``
-    and variable-size lengths with one ``struct.unpack_from``.
+    The plan is computed once: variable-size lengths come from one ``struct.unpack_from``,
+    fixed-width scalars from a struct read wrapped in their numpy type, strings straight from
+    a memoryview, and every other value from a zero-copy slice of the record.
     """
 
     def __init__(self, info: Any) -> None:
@@ -144,31 +145,54 @@ class SampleDecoder:
         self._num_var = sum(size is None for size in sizes)
         self._unpack_lengths = struct.Struct(f"<{self._num_var}I").unpack_from
         self._steps = [
-            (name, coder.decode, size, coder.dtype if isinstance(coder, ScalarEncoding) else None)
+            (name, size, *_decode_plan(coder))
             for name, coder, size in zip(self.names, coders, sizes)
         ]
 
     def decode(self, data: bytes | memoryview) -> dict[str, Any]:
-        """Decode one record.
+        """Decode one record (arrays in the result are read-only views of ``data``).
 
         Raises:
             ShardFormatError: The record is shorter than its column lengths say.
-            EncodingError: A value cannot be decoded.
+            EncodingError: A value cannot be decoded (naming the column).
         """
         try:
             lengths = iter(self._unpack_lengths(data))
         except struct.error:
             raise ShardFormatError("sample record is shorter than its header") from None
+        view = memoryview(data)
+        total = len(view)
         pos = 4 * self._num_var
         sample = {}
-        for name, decode, size, dtype in self._steps:
-            width = next(lengths) if size is None else size
-            end = pos + width
-            if end > len(data):
+        for name, size, kind, decode in self._steps:
+            end = pos + (next(lengths) if size is None else size)
+            if end > total:
                 raise ShardFormatError(f"sample record is truncated in column {name!r}")
-            if dtype is not None:
-                sample[name] = np.frombuffer(data, dtype, 1, pos)[0]
-            else:
-                sample[name] = decode(data[pos:end])
+            try:
+                if kind is _SCALAR:
+                    sample[name] = decode(view, pos)
+                elif kind is _STR:
+                    sample[name] = str(view[pos:end], "utf-8")
+                else:
+                    sample[name] = decode(view[pos:end])
+            except (EncodingError, UnicodeDecodeError) as exc:
+                raise EncodingError(f"column {name!r}: {exc}") from exc
             pos = end
         return sample
+
+
+_SCALAR, _STR, _OTHER = "scalar", "str", "other"
+
+
+def _decode_plan(coder: Encoding) -> tuple[str, Any]:
+    if isinstance(coder, ScalarEncoding):
+        unpack = struct.Struct("<" + coder.struct_code).unpack_from
+        make = coder.dtype.type
+
+        def scalar(view: memoryview, pos: int) -> Any:
+            return make(unpack(view, pos)[0])
+
+        return _SCALAR, scalar
+    if coder.name == "str":
+        return _STR, None
+    return _OTHER, coder.decode
