@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import shutil
+import time
 from dataclasses import replace
 from decimal import Decimal
 
@@ -78,10 +79,19 @@ def write_reference(reference, path, samples, **kwargs) -> None:
 
 
 def reference_read(reference, local, *, remote=None, validate_hash=None) -> list[dict]:
-    dataset = reference.StreamingDataset(
-        local=str(local), remote=None if remote is None else str(remote), batch_size=1,
-        shuffle=False, validate_hash=validate_hash, allow_unsafe_types=True,
-    )
+    for attempt in range(5):
+        try:
+            dataset = reference.StreamingDataset(
+                local=str(local), remote=None if remote is None else str(remote), batch_size=1,
+                shuffle=False, validate_hash=validate_hash, allow_unsafe_types=True,
+            )
+            break
+        except FileExistsError:
+            # The reference picks its /dev/shm prefix racily; another test process on this
+            # machine can take the same one between its check and its create (its issue #332).
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
     try:
         return [dataset[i] for i in range(dataset.num_samples)]
     finally:
