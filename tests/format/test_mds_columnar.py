@@ -243,3 +243,11 @@ def test_columnar_equals_per_sample_property(rows):
         "w": pa.array([r[3] for r in rows], pa.list_(pa.float32())),
     }
     assert_batch_matches(columns, batch, dict_rows)
+
+
+def test_plan_can_be_given_as_a_columns_mapping():
+    by_plan = encode_batch(ColumnPlan.from_columns({"b": "str", "a": "int8"}), {
+        "a": [1, 2], "b": ["x", "yz"]})
+    by_mapping = encode_batch({"b": "str", "a": "int8"}, {"a": [1, 2], "b": ["x", "yz"]})
+    assert by_plan.data.tobytes() == by_mapping.data.tobytes()
+    assert by_plan.sizes.tolist() == by_mapping.sizes.tolist() == [6, 7]

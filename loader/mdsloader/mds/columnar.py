@@ -72,11 +72,13 @@ def _pyarrow() -> Any | None:
         return None
 
 
-def encode_batch(plan: ColumnPlan, columns: Mapping[str, Any] | Any) -> EncodedBatch:
+def encode_batch(
+    plan: ColumnPlan | Mapping[str, str], columns: Mapping[str, Any] | Any
+) -> EncodedBatch:
     """Encode a batch of rows given column-wise.
 
     Args:
-        plan: The dataset's columns.
+        plan: The dataset's columns (a :class:`ColumnPlan`, or name -> encoding string).
         columns: A mapping of column name to values (numpy array, pyarrow array, or list), or a
             ``pyarrow.RecordBatch``/``Table``. Extra columns are ignored.
 
@@ -84,6 +86,8 @@ def encode_batch(plan: ColumnPlan, columns: Mapping[str, Any] | Any) -> EncodedB
         EncodingError: A missing column, columns of different lengths, or a value that its
             encoding cannot store (naming the column).
     """
+    if not isinstance(plan, ColumnPlan):
+        plan = ColumnPlan.from_columns(plan)
     values = _as_mapping(plan, columns)
     lengths = {len(v) for v in values.values()}
     if len(lengths) > 1:
