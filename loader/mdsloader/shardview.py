@@ -3,7 +3,8 @@
 ``mdsloader.mds.reader.ShardReader`` is the general-purpose reader; this view is the hot path of
 ``StreamingDataset``. Opening is O(1) in Python objects: the offsets stay a ``memoryview`` over
 the mapped header (no list of millions of ints is built, which matters for shards of tiny
-samples), and decoding a run of samples is one tight loop of ``decode(map[begin:end])``. Slicing
+samples), and decoding a run of samples is one tight loop of ``decode(map[begin:end])`` with the
+layout's generated decoder (:mod:`mdsloader.fastdecode`). Slicing
 an mmap copies, so decoded values never alias the file, and the mapping stays valid after the
 file is evicted (Linux keeps an unlinked inode alive while it is mapped).
 """
@@ -31,7 +32,7 @@ class ShardView:
     """
 
     def __init__(self, path: str | os.PathLike[str], info: Any) -> None:
-        from mdsloader.mds.record import SampleDecoder
+        from mdsloader.fastdecode import decoder_for
         from mdsloader.mds.shard import read_offsets
 
         self.path = os.fspath(path)
@@ -47,7 +48,7 @@ class ShardView:
             raise ObjectNotFoundError(f"shard file {self.path} does not exist") from exc
         read_offsets(self._map, info.samples, where=self.path)  # validates the header
         self._offsets = memoryview(self._map)[4 : 4 * (info.samples + 2)].cast("I")
-        self._decode = SampleDecoder(info).decode
+        self._decode = decoder_for(info)
         self.samples = int(info.samples)
 
     def __len__(self) -> int:
