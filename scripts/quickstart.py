@@ -244,7 +244,7 @@ Submit a job and follow it:
   curl -s {session.api_url}/v1/jobs/<job id> -H {shlex.quote(auth)}
 or with the CLI:
   MDS_CONVERT_URL={session.api_url} MDS_CONVERT_TOKEN={session.token} \\
-    .venv/bin/mds-convert submit {shlex.quote(table.source_table)} {target_root}/my-events --wait
+    .venv/bin/mds-convert submit {shlex.quote(table.source_table)} {target_root}/cli-events --wait
 Your own tables: path-based ones (parquet.`/path`, orc.`...`, json.`...`, csv.`...`) at any time;
 catalog tables live in the worker's embedded Derby metastore, which only one JVM may open.""",
           flush=True)  # fmt: skip
