@@ -7,6 +7,7 @@ kill test starts its own two workers.
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ ROWS = 4_000
 FINAL = {"succeeded", "failed", "cancelled"}
 
 
-def write_source(directory: Path, rows: int, files: int = 4) -> str:
+def write_source(directory: Path, rows: int, files: int = 4, pad: int = 0) -> str:
     """A path-based parquet table (no metastore needed); returns its Spark identifier."""
     directory.mkdir(parents=True)
     per_file = rows // files
@@ -39,13 +40,18 @@ def write_source(directory: Path, rows: int, files: int = 4) -> str:
         table = pa.table(
             {
                 "id": pa.array(ids, pa.int64()),
-                "name": pa.array([f"row-{i}-" + "x" * (i % 17) for i in ids]),
+                "name": pa.array([f"row-{i}-" + "x" * (i % 17) + _noise(i, pad) for i in ids]),
                 "score": pa.array([i * 0.5 for i in ids], pa.float64()),
                 "emb": pa.array([[float(i), float(-i), 0.25] for i in ids], pa.list_(pa.float32())),
             }
         )
         pq.write_table(table, directory / f"part-{part}.parquet")
     return f"parquet.`{directory}`"
+
+
+def _noise(seed: int, size: int) -> str:
+    """Incompressible-ish text, so that a conversion takes real work (cancel/kill tests)."""
+    return random.Random(seed).randbytes(size // 2).hex() if size else ""
 
 
 class Env:
@@ -77,6 +83,8 @@ class Env:
             "WORKER_PROGRESS_INTERVAL": "0.5",
             "WORKER_CANCEL_POLL_INTERVAL": "0.2",
             "WORKER_LOG_JSON": "true",
+            # Short, so that a job of a killed worker is taken over quickly (test_kill_9_...).
+            "WORKER_LEASE_TTL": "4",
             **extra,
         }
 
@@ -161,14 +169,16 @@ def assert_same_rows(samples: list[dict], rows: int) -> None:
         assert [float(v) for v in sample["emb"]] == [float(expected), float(-expected), 0.25]
 
 
-def wait_for_written_partition(api: httpx.Client, job_id: str, log: CeleryWorker) -> dict:
-    """Wait until the job is running and has written at least one partition's shards."""
-    deadline = time.monotonic() + 120
+def wait_for_written_shard(api: httpx.Client, job_id: str, target: str, log: CeleryWorker) -> dict:
+    """Wait until the job is running and a first shard has landed in the target."""
+    from mdsloader.storage import open_storage
+
+    storage, deadline = open_storage(target), time.monotonic() + 120
     while time.monotonic() < deadline:
         job = api.get(f"/v1/jobs/{job_id}").json()
-        if job["progress"]["partitions_done"] >= 1 or job["state"] in FINAL:
+        if job["state"] in FINAL or any(".mds" in name for name in storage.list(f"{job_id}/")):
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     assert job["state"] == "running", f"{job}\n{log.log_tail()}"
     return job
 
@@ -202,10 +212,10 @@ def test_submit_convert_and_read_back_every_row(api, env, source, worker, tmp_pa
 def test_cancel_a_running_job_publishes_nothing(api, env, worker, tmp_path) -> None:
     from mdsloader.storage import open_storage
 
-    big = write_source(tmp_path / "big", 40_000, files=8)
+    big = write_source(tmp_path / "big", 40_000, files=8, pad=400)
     target = f"{env.bucket}/cancelled"
     job = submit(api, big, target, partitions=32, compression="gz:9")
-    wait_for_written_partition(api, job["id"], worker)
+    wait_for_written_shard(api, job["id"], target, worker)
     response = api.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 202, response.text
     asked = time.monotonic()
@@ -223,21 +233,17 @@ def test_cancel_a_running_job_publishes_nothing(api, env, worker, tmp_path) -> N
 def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker) -> None:
     from mdsloader.storage import open_storage
 
-    worker.stop()  # only the two workers of this test may take the job
-    big = write_source(tmp_path / "kill", 40_000, files=8)
+    # The module's worker (Spark warm, short lease) is the one that dies; it is this module's
+    # last test. Only the restoring worker's visibility timeout matters for the redelivery.
+    big = write_source(tmp_path / "kill", 40_000, files=8, pad=400)
     target = f"{env.bucket}/killed"
-    short = {
-        "CELERY_VISIBILITY_TIMEOUT": "12",
-        "WORKER_LEASE_TTL": "4",
-        "WORKER_RESTORE_INTERVAL": "1",
-    }
-    first = env.worker("first", **short).start()
     try:
         job = submit(api, big, target, partitions=32, compression="gz:9")
-        wait_for_written_partition(api, job["id"], first)
+        wait_for_written_shard(api, job["id"], target, worker)
     finally:
-        first.kill()
+        worker.kill()
     store = RedisJobStore.from_url(env.settings.redis_url, prefix=env.prefix)
+    short = {"CELERY_VISIBILITY_TIMEOUT": "10", "WORKER_RESTORE_INTERVAL": "1"}
     second = env.worker("second", **short).start()
     try:
         done = wait_for(api, job["id"], FINAL, timeout=180)
