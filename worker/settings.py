@@ -58,6 +58,9 @@ class WorkerSettings(SharedSettings):
     progress_interval: float = Field(1.0, gt=0)
     cancel_poll_interval: float = Field(0.5, gt=0)
     max_retries: int = Field(5, ge=0)
+    # Starts of one job (first run, transient retries, redeliveries after a worker died) after
+    # which it fails instead of being run again.
+    max_attempts: int = Field(10, ge=1)
     retry_backoff_max: int = Field(300, ge=1)
     task_time_limit: int = Field(5 * 3600, ge=1)
     # How often the worker looks for unacknowledged messages whose visibility timeout expired.

@@ -175,6 +175,16 @@ class JobRunner:
                     log.warning("job.lease_release_failed")
 
     def _run_leased(self, job_id: str, retries: int) -> JobState | None:
+        record = self.store.get(job_id)
+        if record.state is JobState.RUNNING and record.attempts >= self.settings.max_attempts:
+            # A job that keeps killing its worker (out of memory, hard time limit) would
+            # otherwise be redelivered forever.
+            error = JobError(
+                code="too_many_attempts",
+                message=f"the job was started {record.attempts} times and its worker died or "
+                f"gave up each time (limit {self.settings.max_attempts})",
+            )
+            return self._finish(job_id, JobState.FAILED, started=time.monotonic(), payload=error)
         try:
             record = self.store.transition(
                 job_id, JobState.RUNNING, expected={JobState.QUEUED, JobState.RUNNING}

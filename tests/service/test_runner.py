@@ -305,3 +305,18 @@ def test_the_outcome_survives_a_short_redis_outage(store, settings, redis_server
     record = store.get(job_id)
     assert record.state is S.SUCCEEDED and record.result == JobResult(**RESULT_FIELDS)
     assert edges(record)[-1] == ("running", "succeeded")
+
+
+def test_a_job_that_keeps_killing_its_worker_fails(store, settings) -> None:
+    job_id = make_job(store)
+    store.transition(job_id, S.RUNNING, expected={S.QUEUED})
+    for _ in range(settings.max_attempts - 1):  # each worker died mid-job
+        store.transition(job_id, S.RUNNING, expected={S.RUNNING})
+
+    def convert(spec, **_):
+        raise AssertionError("must not run again")
+
+    assert runner(store, settings, convert).run(job_id) is S.FAILED
+    record = store.get(job_id)
+    assert record.error is not None and record.error.code == "too_many_attempts"
+    assert record.attempts == settings.max_attempts
