@@ -4,7 +4,8 @@ Ours is :func:`mdsloader.ordering.worker_sample_ids` for one worker. The referen
 leader runs at the start (or resumption) of every epoch: ``StreamingDataset.resample_streams`` and
 ``generate_work`` (``get_partitions`` + ``get_shuffle`` + the id mapping) for the whole node, then
 the worker's slice (without the shared-memory copy, which only adds to its time). Setting: one
-stream, uneven shards, py1e, shuffle on, 1 node, 1 rank, 2 workers, batch 32.
+stream, uneven shards, py1e, shuffle on, batch 32; topology 1 node x 1 rank x 2 workers unless
+``--world`` says otherwise.
 
 Every measurement runs in a fresh child process. Times come from one child that alternates the two
 implementations (``--repeat`` runs each, median, wall and CPU), so that load from other processes
@@ -30,7 +31,7 @@ from types import SimpleNamespace
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED, BATCH, WORKERS = 9176, 32, 2
+SEED, BATCH = 9176, 32
 
 
 def shard_sizes(num_samples: int, per_shard: int) -> np.ndarray:
@@ -43,7 +44,7 @@ def shard_sizes(num_samples: int, per_shard: int) -> np.ndarray:
     return sizes[sizes > 0].astype(np.int64)
 
 
-def run_ours(sizes: np.ndarray, ncn: int, drop: int) -> np.ndarray:
+def run_ours(sizes: np.ndarray, ncn: int, drop: int, world: tuple[int, int, int]) -> np.ndarray:
     from mdsloader.ordering import (
         OrderSettings,
         StreamSpec,
@@ -56,11 +57,12 @@ def run_ours(sizes: np.ndarray, ncn: int, drop: int) -> np.ndarray:
     settings = OrderSettings(True, "py1e", SEED, default_shuffle_block_size(ncn), "relaxed", ncn,
                              BATCH, "balanced", 1)
     return worker_sample_ids([spec], [int(sizes.sum())], settings,
-                             Topology(1, 1, WORKERS, 0, 0, 0), epoch=0, sample_in_epoch=drop,
+                             Topology(*world, 0, 0, 0), epoch=0, sample_in_epoch=drop,
                              initial_physical_nodes=None)
 
 
-def run_reference(sizes: np.ndarray, ncn: int, drop: int) -> np.ndarray:
+def run_reference(sizes: np.ndarray, ncn: int, drop: int, world: tuple[int, int, int]
+                  ) -> np.ndarray:
     from streaming import StreamingDataset
     from streaming.base.batching import generate_work
     from streaming.base.world import World
@@ -76,7 +78,7 @@ def run_reference(sizes: np.ndarray, ncn: int, drop: int) -> np.ndarray:
         streams=[SimpleNamespace(choose=np.int64(sizes.sum()))], epoch_size=int(sizes.sum()),
     )
     ds.resample_streams = lambda epoch: StreamingDataset.resample_streams(ds, epoch)
-    work = generate_work("random", ds, World(1, 1, WORKERS, 0), 0, drop)
+    work = generate_work("random", ds, World(*world, 0), 0, drop)
     ids = work[0, 0, 0].flatten()
     return ids[ids != -1]
 
@@ -94,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
     runs = {"ours": run_ours, "reference": run_reference}
     if args.child != "both":
         tracemalloc.start()
-        runs[args.child](sizes, ncn, args.drop)
+        runs[args.child](sizes, ncn, args.drop, tuple(args.world))
         print(json.dumps({"peak_bytes": tracemalloc.get_traced_memory()[1]}))
         return
     times: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in runs}
@@ -102,7 +104,7 @@ def child(args: argparse.Namespace) -> None:
     for _ in range(args.repeat):
         for name, run in runs.items():
             wall, cpu = time.perf_counter(), time.process_time()
-            ids = run(sizes, ncn, args.drop)
+            ids = run(sizes, ncn, args.drop, tuple(args.world))
             times[name]["wall"].append(time.perf_counter() - wall)
             times[name]["cpu"].append(time.process_time() - cpu)
             result[name] = {"digest": digest(ids), "count": int(ids.size)}
@@ -114,7 +116,8 @@ def child(args: argparse.Namespace) -> None:
 
 def measure(n: int, ncn: int, drop: int, opts: argparse.Namespace) -> dict:
     base = [sys.executable, __file__, "--n", str(n), "--ncn", str(ncn), "--drop", str(drop),
-            "--shard-samples", str(opts.shard_samples), "--repeat", str(opts.repeat), "--child"]
+            "--shard-samples", str(opts.shard_samples), "--repeat", str(opts.repeat),
+            "--world", *map(str, opts.world), "--child"]
 
     def run(which: str) -> dict:
         out = subprocess.run([*base, which], check=True, capture_output=True, text=True, cwd=ROOT)
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--ncn", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--shard-samples", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--world", type=int, nargs=3, default=[1, 1, 2],
+                        metavar=("NODES", "RANKS", "WORKERS"), help="topology (worker 0 is timed)")
     parser.add_argument("--child", choices=["ours", "reference", "both"])
     parser.add_argument("--n", type=int)
     parser.add_argument("--drop", type=int, default=0)
@@ -139,7 +144,9 @@ def main() -> None:
     if opts.child:
         child(opts)
         return
-    print(f"One worker's epoch (py1e, shuffle, 1 node x 1 rank x {WORKERS} workers, batch {BATCH},"
+    nodes, ranks, workers = opts.world
+    print(f"One worker's epoch (py1e, shuffle, {nodes} nodes x {ranks} ranks x {workers} workers,"
+          f" batch {BATCH},"
           f" ~{opts.shard_samples} samples/shard); time = median of {opts.repeat}, wall (cpu);"
           " speed-up from wall time.\n")
     print("| samples | NCN | start | reference s | ours s | speed-up | reference peak MiB "
