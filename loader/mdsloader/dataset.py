@@ -315,13 +315,14 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
                 "Please pass `batch_size` to StreamingDataset: the per-device batch size, equal "
                 "to the DataLoader's; the sample order depends on it."
             )
+        self._adopt(None, world)  # fill NCN and block-size defaults if still unset
         return self._planner.worker_sample_ids(
             world,
             epoch=epoch,
             sample_in_epoch=sample_in_epoch,
-            num_canonical_nodes=int(self.num_canonical_nodes or 1),
+            num_canonical_nodes=int(self.num_canonical_nodes),  # type: ignore[arg-type]
             shuffle_seed=self.shuffle_seed,
-            shuffle_block_size=int(self.shuffle_block_size or 1),
+            shuffle_block_size=int(self.shuffle_block_size),  # type: ignore[arg-type]
             batch_size=self.batch_size,
             initial_physical_nodes=self.initial_physical_nodes,
         )

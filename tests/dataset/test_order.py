@@ -164,3 +164,20 @@ def test_ranks_in_separate_processes_match_the_reference(
                               workers=max(workers, 1), epoch=epoch, num_canonical_nodes=4)
         for rank in range(world):
             assert results[rank][epoch] == rank_ids(work, rank), (rank, epoch)
+
+
+def test_replicated_ranks_share_samples_like_the_reference(data, clean_reference_shm, monkeypatch):
+    kwargs = {"batch_size": 4, "shuffle": True, "num_canonical_nodes": 2, "replication": 2}
+    # The reference in one process (its real multi-rank init wants a process group).
+    ref = reference_dataset(data["a"], **{k: v for k, v in kwargs.items() if k != "replication"})
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    ours = StreamingDataset(local=data["a"], **kwargs)
+    work = reference_work(ref, nodes=1, ranks_per_node=4, workers=2, epoch=1,
+                          num_canonical_nodes=2, replication=2)
+    assert len(ours) == -(-300 // 2)
+    for rank in range(4):
+        world = World(1, 4, 1, rank).replicate(2)
+        for worker in range(2):
+            got = ours.worker_sample_ids(1, 0, world.with_workers(worker, 2)).tolist()
+            assert got == worker_ids(work, rank // 2, worker)

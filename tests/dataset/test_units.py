@@ -190,3 +190,16 @@ def test_file_lock_excludes_processes_and_dies_with_its_holder(tmp_path: Path):
     child.join()
     with file_lock(lock, blocking=False) as held:
         assert held
+
+
+def test_loader_modules_other_than_dataset_and_dataloader_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mdsloader.stream, mdsloader.cache, mdsloader.download, mdsloader.state, "
+        "mdsloader.world, mdsloader.catalog, mdsloader.order, mdsloader.shardview, "
+        "mdsloader.fastdecode, mdsloader.options, mdsloader.locks; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
