@@ -1,8 +1,8 @@
 """The loader's exception tree, drawn once.
 
-Every error the loader raises derives from :class:`MDSError`. Third-party errors (botocore, OSError,
-zstandard, ...) are mapped onto this tree in one place per subsystem, so callers never need to import
-boto3 or a codec library to handle a failure::
+Every error the loader raises derives from :class:`MDSError`. Third-party errors (botocore,
+OSError, zstandard, ...) are mapped onto this tree in one place per subsystem, so callers never
+need to import boto3 or a codec library to handle a failure::
 
     MDSError
     ├── FormatError (ValueError)           bad bytes on disk or in an index

@@ -92,6 +92,7 @@ def test_lock_pins_every_service_dependency() -> None:
         if line and not line.startswith("#")
     ]
     pins = dict(line.split("==") for line in lines)
-    for needed in ("fastapi", "celery", "redis", "pyspark", "boto3", "zstandard", "xxhash", "numpy"):
+    needed_pins = ("fastapi", "celery", "redis", "pyspark", "boto3", "zstandard", "xxhash", "numpy")
+    for needed in needed_pins:
         assert needed in pins, f"{needed} missing from requirements/service.lock"
     assert "torch" not in pins, "the service image must not install torch"

@@ -1,6 +1,9 @@
-"""The loader distribution stands alone: its wheel, installed in a clean virtual environment with only
-its own dependencies (and its s3 + torch extras), reads and streams datasets without fastapi, celery,
-pyspark or redis, and its base import pulls neither torch nor boto3."""
+"""The loader distribution stands alone.
+
+Its wheel, installed in a clean virtual environment with only its own dependencies (and its s3 +
+torch extras), reads and streams datasets without fastapi, celery, pyspark or redis, and its base
+import pulls neither torch nor boto3.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("wheel")
     wheels = work / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT / "loader")],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
+         str(ROOT / "loader")],
         check=True,
     )
     (wheel,) = wheels.glob("mds_loader-*.whl")
@@ -61,7 +65,9 @@ def _write_dataset(out: str | Path, n: int) -> None:
             writer.write({"id": i, "text": f"row {i}", "emb": np.full(4, i, np.float32)})
 
 
-def test_wheel_reads_a_local_dataset_without_service_packages(clean_venv: Path, tmp_path: Path) -> None:
+def test_wheel_reads_a_local_dataset_without_service_packages(
+    clean_venv: Path, tmp_path: Path
+) -> None:
     _write_dataset(tmp_path / "ds", 300)
     report = _run(clean_venv, f"""
         import importlib.util, json, sys

@@ -13,10 +13,10 @@ Mode = Literal["error", "overwrite"]
 class ConversionSpec:
     """One conversion: a Spark table to an MDS dataset at ``target``.
 
-    ``columns`` selects columns and optionally overrides encodings (``None`` value = infer); ``None``
-    means every column with inferred encodings. ``fill_values`` is used when ``null_policy="fill"``.
-    ``run_id`` names the directory unique to this job run, so a redelivered job overwrites its own
-    files (see design.md section 4).
+    ``columns`` selects columns and optionally overrides encodings (``None`` value = infer);
+    ``None`` means every column with inferred encodings. ``fill_values`` is used when
+    ``null_policy="fill"``. ``run_id`` names the directory unique to this job run, so a redelivered
+    job overwrites its own files (see design.md section 4).
     """
 
     source_table: str
