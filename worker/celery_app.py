@@ -7,6 +7,7 @@ side-effect free. The API builds its own producer-only instance with the same fa
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -15,6 +16,7 @@ from worker.logging import configure_logging
 from worker.settings import SharedSettings, WorkerSettings, get_worker_settings
 
 TASK_NAME = "conversion.run"
+log = logging.getLogger("worker.celery_app")
 
 
 def make_celery(settings: SharedSettings) -> Celery:
@@ -49,6 +51,18 @@ def make_celery(settings: SharedSettings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     app.conf["mds_settings"] = settings
+    if (
+        isinstance(settings, WorkerSettings)
+        and settings.visibility_timeout <= worker.task_time_limit
+    ):
+        # Redis redelivers a message still unacknowledged after the visibility timeout: a job
+        # running longer than that would be started a second time (the lease then defers it).
+        log.warning(
+            "celery.visibility_timeout_short: CELERY_VISIBILITY_TIMEOUT=%ds is not longer than "
+            "WORKER_TASK_TIME_LIMIT=%ds",
+            settings.visibility_timeout,
+            worker.task_time_limit,
+        )
     return app
 
 
