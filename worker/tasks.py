@@ -208,8 +208,13 @@ class JobRunner:
             result = self.convert(
                 spec_for(record), progress=self._progress_sink(watcher), cancel=cancel
             )
-        except ConversionCancelled:
-            outcome: tuple[JobState, Any] = (JobState.CANCELLED, None)
+        except ConversionCancelled as exc:
+            # Only a cancel we asked for is a cancellation; anything else stopped the job.
+            outcome: tuple[JobState, Any] = (
+                (JobState.CANCELLED, None)
+                if cancel.is_set()
+                else (JobState.FAILED, JobError(**self._error(exc)))
+            )
         except ConversionError as exc:
             outcome = (JobState.FAILED, JobError(**self._error(exc)))
         except StorageUnavailableError as exc:  # unmapped by the conversion: still transient

@@ -320,3 +320,13 @@ def test_a_job_that_keeps_killing_its_worker_fails(store, settings) -> None:
     record = store.get(job_id)
     assert record.error is not None and record.error.code == "too_many_attempts"
     assert record.attempts == settings.max_attempts
+
+
+def test_a_cancellation_nobody_asked_for_fails_the_job(store, settings) -> None:
+    job_id = make_job(store)
+
+    def convert(spec, **_):
+        raise ConversionCancelled("the Spark job group was cancelled")
+
+    assert runner(store, settings, convert).run(job_id) is S.FAILED
+    assert store.get(job_id).error.code == "cancelled"
