@@ -355,11 +355,14 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             else:
                 readers.move_to_end(shard)
                 self._touch(shard)
-            if end - start == 1:
-                yield reader[int(local[start])]
+            decode, data, offsets = reader.decode, reader.data, reader.offsets
+            if end - start == 1:  # the common case in shuffled epochs
+                index = int(local[start])
+                yield decode(data[offsets[index] : offsets[index + 1]])
                 continue
             for begin in range(start, end, _CHUNK):
-                yield from reader.decode_many(local[begin : min(end, begin + _CHUNK)].tolist())
+                for index in local[begin : min(end, begin + _CHUNK)].tolist():
+                    yield decode(data[offsets[index] : offsets[index + 1]])
 
     def _touch(self, shard: int) -> None:
         """Refresh an open shard's LRU stamp now and then (it is read through its mmap)."""

@@ -47,8 +47,11 @@ class ShardView:
         except FileNotFoundError as exc:
             raise ObjectNotFoundError(f"shard file {self.path} does not exist") from exc
         read_offsets(self._map, info.samples, where=self.path)  # validates the header
-        self._offsets = memoryview(self._map)[4 : 4 * (info.samples + 2)].cast("I")
-        self._decode = decoder_for(info)
+        #: The mapped file, the N+1 offsets (uint32 view) and the decode function: public so
+        #: the dataset's loop can inline ``decode(data[offsets[i] : offsets[i + 1]])``.
+        self.data = self._map
+        self.offsets = memoryview(self._map)[4 : 4 * (info.samples + 2)].cast("I")
+        self.decode = decoder_for(info)
         self.samples = int(info.samples)
 
     def __len__(self) -> int:
@@ -56,16 +59,16 @@ class ShardView:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Decode sample ``index`` of this shard (0-based, no negative indices)."""
-        offsets = self._offsets
-        return self._decode(self._map[offsets[index] : offsets[index + 1]])
+        offsets = self.offsets
+        return self.decode(self._map[offsets[index] : offsets[index + 1]])
 
     def decode_many(self, indices: Iterable[int]) -> Iterator[dict[str, Any]]:
         """Decode the given samples in order: the iteration loop's inner loop."""
-        decode, data, offsets = self._decode, self._map, self._offsets
+        decode, data, offsets = self.decode, self._map, self.offsets
         for index in indices:
             yield decode(data[offsets[index] : offsets[index + 1]])
 
     def close(self) -> None:
         """Unmap the file."""
-        self._offsets.release()
+        self.offsets.release()
         self._map.close()
