@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from mdsloader.errors import MDSError
 from mdsloader.mds.compression import get_codec
@@ -67,6 +74,18 @@ class JobCreate(BaseModel):
     columns: dict[str, str | None] | None = None
     partitions: int | None = Field(None, ge=1, le=MAX_PARTITIONS)
     mode: Literal["error", "overwrite"] = "error"
+    null_policy: Literal["error", "skip", "fill"] = "error"
+    fill_values: dict[str, str | int | float | bool | list[Any] | dict[str, Any]] = Field(
+        default_factory=dict, max_length=1024
+    )
+
+    @model_validator(mode="after")
+    def _fill_needs_policy(self) -> JobCreate:
+        if self.fill_values and self.null_policy != "fill":
+            raise ValueError('fill_values is only used with null_policy "fill"')
+        if self.null_policy == "fill" and not self.fill_values:
+            raise ValueError('null_policy "fill" needs fill_values (column -> value)')
+        return self
 
     @field_validator("source_table")
     @classmethod

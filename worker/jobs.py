@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,6 +102,9 @@ class JobRequest(_Model):
     columns: dict[str, str | None] | None = None
     partitions: int | None = None
     mode: Literal["error", "overwrite"] = "error"
+    # MDS has no null: nulls fail the job unless the request skips those rows or fills them.
+    null_policy: Literal["error", "skip", "fill"] = "error"
+    fill_values: dict[str, Any] = Field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """A digest of the normalised request, to compare idempotent submissions."""

@@ -75,6 +75,8 @@ def spec_for(record: JobRecord) -> ConversionSpec:
         columns=request.columns,
         partitions=request.partitions,
         mode=request.mode,
+        null_policy=request.null_policy,
+        fill_values=dict(request.fill_values),
         run_id=record.id,
     )
 

@@ -21,6 +21,17 @@ def submit(client: TestClient, body: dict | None = None, **headers: str):
     return client.post("/v1/jobs", json=body or BODY, headers=headers)
 
 
+def test_submit_carries_the_null_policy_to_the_conversion_spec(client) -> None:
+    from worker.jobs import JobRecord
+    from worker.tasks import spec_for
+
+    body = {**BODY, "null_policy": "fill", "fill_values": {"text": "", "n": 0}}
+    job = submit(client, body).json()
+    assert job["request"]["null_policy"] == "fill"
+    spec = spec_for(JobRecord.model_validate(job))
+    assert spec.null_policy == "fill" and spec.fill_values == {"text": "", "n": 0}
+
+
 def test_submit_returns_202_with_location_and_normalised_request(client, enqueuer) -> None:
     body = {
         **BODY,
@@ -45,6 +56,8 @@ def test_submit_returns_202_with_location_and_normalised_request(client, enqueue
         "columns": {"text": "str", "emb": "ndarray:float32", "n": None},
         "partitions": 16,
         "mode": "overwrite",
+        "null_policy": "error",
+        "fill_values": {},
     }
     assert job["progress"]["rows_written"] == 0
     assert job["result"] is None and job["error"] is None and job["finished_at"] is None

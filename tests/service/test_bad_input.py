@@ -51,6 +51,7 @@ BAD_FIELDS = [
     ({**BODY, "partitions": 0}, "partitions", "greater_than_equal"),
     ({**BODY, "partitions": "many"}, "partitions", "int_parsing"),
     ({**BODY, "mode": "append"}, "mode", "literal_error"),
+    ({**BODY, "null_policy": "drop"}, "null_policy", "literal_error"),
     ({**BODY, "target": "ftp://host/x"}, "target", "invalid_request"),
     ({**BODY, "target": "relative/path"}, "target", "invalid_request"),
     ({**BODY, "target": "s3://Bad_Bucket/x"}, "target", "invalid_request"),
@@ -65,6 +66,23 @@ def test_invalid_fields_are_listed(client, store, body, field, kind) -> None:
     else:
         reported = {(e["field"].split(".")[0], e["type"]) for e in problem["errors"]}
         assert (field, kind) in reported
+    assert_no_job(store)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"fill_values": {"x": 0}},
+        {"null_policy": "fill"},
+        {"null_policy": "skip", "fill_values": {"x": 0}},
+    ],
+    ids=["fill-values-without-policy", "fill-policy-without-values", "skip-with-fill-values"],
+)
+def test_null_policy_and_fill_values_must_agree(client, store, extra) -> None:
+    problem = assert_problem(
+        client.post("/v1/jobs", json={**BODY, **extra}), 422, "invalid_request"
+    )
+    assert "fill_values" in " ".join(e["message"] for e in problem["errors"])
     assert_no_job(store)
 
 
