@@ -69,6 +69,9 @@ class ShardView:
             yield decode(data[offsets[index] : offsets[index + 1]])
 
     def close(self) -> None:
-        """Unmap the file."""
-        self.offsets.release()
-        self._map.close()
+        """Drop this view's references to the mapping.
+
+        The map is unmapped when the last reference goes, not here: an iteration loop may still
+        hold ``data``/``offsets`` of a view that the reader cache has just closed.
+        """
+        self.data = self.offsets = self._map = None  # type: ignore[assignment]

@@ -138,3 +138,16 @@ def test_iteration_under_a_tight_cache_limit_keeps_the_only_copy(tmp_path: Path)
     assert ds.cache.usage() <= ds.cache_limit
     assert all(ds.cache.is_local(s) for s in (8, 9))  # the local-only stream is intact
     assert sum(ds.cache.is_local(s) for s in range(8)) < 8  # something was evicted
+
+
+def test_random_access_during_iteration_never_pulls_a_shard_from_under_it(tmp_path, monkeypatch):
+    import mdsloader.dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "_OPEN_READERS", 1)  # every open closes another view
+    data = str(write_dataset(tmp_path / "d", [10, 10, 10]))
+    ds = StreamingDataset(local=data, batch_size=2)
+    seen = []
+    for k, sample in enumerate(ds):
+        seen.append(int(sample["id"]))
+        assert int(ds[(k * 7 + 13) % 30]["id"]) == (k * 7 + 13) % 30
+    assert seen == list(range(30))
