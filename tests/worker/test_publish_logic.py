@@ -70,16 +70,42 @@ def test_error_mode_refuses_another_runs_dataset_but_not_its_own(tmp_path) -> No
     Publisher(open_storage(str(tmp_path)), "a", "error").check_target()
 
 
-def test_overwrite_removes_the_previous_run_only_after_the_swap(tmp_path) -> None:
-    storage = open_storage(str(tmp_path))
-    Publisher(storage, "old", "error").publish(
+def overwrite(tmp_path, run: str) -> None:
+    publisher = Publisher(open_storage(str(tmp_path)), run, "overwrite")
+    publisher.check_target()
+    publisher.publish([write_partition(tmp_path, run, 0, ["shard.00000.mds.zstd"])])
+
+
+def test_overwrite_keeps_the_replaced_generation_until_the_next_overwrite(tmp_path) -> None:
+    Publisher(open_storage(str(tmp_path)), "old", "error").publish(
         [write_partition(tmp_path, "old", 0, ["shard.00000.mds.zstd"])]
     )
-    publisher = Publisher(storage, "new", "overwrite")
-    publisher.check_target()
-    publisher.publish([write_partition(tmp_path, "new", 0, ["shard.00000.mds.zstd"])])
-    assert not any(f.startswith("old/") for f in files(tmp_path))
+    overwrite(tmp_path, "new")
     assert read_index(tmp_path).shards[0].file.basename == "new/00000/shard.00000.mds.zstd"
+    # A reader mid-epoch on the old index still finds its shards after the swap ...
+    assert "old/00000/shard.00000.mds.zstd" in files(tmp_path)
+    overwrite(tmp_path, "newer")
+    # ... and they go at the next overwrite, while the generation just replaced is retired.
+    names = files(tmp_path)
+    assert not any(f.startswith("old/") for f in names)
+    assert "new/00000/shard.00000.mds.zstd" in names
+    assert read_index(tmp_path).shards[0].file.basename == "newer/00000/shard.00000.mds.zstd"
+
+
+def test_overwrite_retires_loose_shards_of_a_dataset_written_in_place(tmp_path) -> None:
+    (tmp_path / "shard.00000.mds").write_bytes(b"x")
+    (tmp_path / "index.json").write_bytes(
+        b'{"shards": [{"column_encodings": ["int64"], "column_names": ["id"], "column_sizes": [8],'
+        b' "compression": null, "format": "mds", "hashes": [], "raw_data": {"basename":'
+        b' "shard.00000.mds", "bytes": 1, "hashes": {}}, "samples": 1, "size_limit": null,'
+        b' "version": 2, "zip_data": null}], "version": 2}'
+    )
+    overwrite(tmp_path, "a")
+    assert "shard.00000.mds" in files(tmp_path)
+    overwrite(tmp_path, "b")
+    names = files(tmp_path)
+    assert "shard.00000.mds" not in names
+    assert "a/00000/shard.00000.mds.zstd" in names  # retired, not yet deleted
 
 
 def test_discard_removes_the_whole_run(tmp_path) -> None:

@@ -6,15 +6,17 @@ Layout of a published dataset::
     <target>/<run dir>/<partition>/shard.NNNNN.mds.zstd
     <target>/<run dir>/<partition>/index.json  (each partition's own index, as the reference keeps)
 
-``mode="overwrite"`` writes the new run beside the old one, swaps ``index.json`` in one write and
-only then removes the old run's files. Grace behaviour: a reader that opened the old index keeps
-working for the shards it has already cached; shards it had not fetched yet disappear at the swap,
-so such a reader fails with "object not found" and must reopen the dataset (mosaicml-streaming
-behaves the same when a dataset is replaced in place).
+``mode="overwrite"`` writes the new run beside the old one and swaps ``index.json`` in one write.
+Grace behaviour: the replaced generation's files are *retired*, not deleted: they stay until the
+next overwrite of the same target, so a reader that is mid-epoch on the old index keeps finding
+every shard it has yet to fetch. The list of retired paths lives in ``_mds_convert/retired.json``
+(outside any run directory, ignored by readers); each overwrite deletes what the previous one
+retired, then retires the generation it replaced.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ from worker.convert.partitions import partition_dir
 from worker.errors import PermanentConversionError, TargetExistsConversionError
 
 INDEX = "index.json"
+RETIRED = "_mds_convert/retired.json"
 log = logging.getLogger(__name__)
 
 
@@ -118,14 +121,31 @@ class Publisher:
                 self.storage.delete(relpath)
 
     def _remove_previous(self, index: Index) -> None:
+        """Delete the generation retired by the last overwrite; retire the one just replaced."""
         if self.previous is None:
             return
         current = _referenced(index)
-        for relpath in sorted(_referenced(self.previous) - current):
-            self.storage.delete(relpath)
-        for directory in sorted(_top_dirs(self.previous) - {self.run_dir}):
-            removed = self.storage.delete_prefix(f"{directory}/")
-            log.info("conversion.previous_run_removed dir=%s files=%d", directory, removed)
+        keep_dirs = _top_dirs(index)
+        for entry in self._read_retired():
+            if entry.endswith("/"):
+                if entry.rstrip("/") not in keep_dirs:
+                    removed = self.storage.delete_prefix(entry)
+                    log.info("conversion.retired_run_removed dir=%s files=%d", entry, removed)
+            elif entry not in current:
+                self.storage.delete(entry)
+        dirs = sorted(f"{d}/" for d in _top_dirs(self.previous) - keep_dirs)
+        loose = sorted(f for f in _referenced(self.previous) - current if "/" not in f)
+        self.storage.write_bytes(RETIRED, json.dumps(dirs + loose).encode())
+
+    def _read_retired(self) -> list[str]:
+        try:
+            entries = json.loads(self.storage.read_bytes(RETIRED))
+        except ObjectNotFoundError:
+            return []
+        except ValueError:
+            log.warning("conversion.retired_list_unreadable path=%s", RETIRED)
+            return []
+        return [e for e in entries if isinstance(e, str) and e and not e.startswith(("/", ".."))]
 
 
 def _referenced(index: Index) -> set[str]:
