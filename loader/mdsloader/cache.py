@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import time
 import uuid
@@ -28,7 +29,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mdsloader.errors import ChecksumError, HashError, ObjectNotFoundError
+from mdsloader.errors import (
+    ChecksumError,
+    CompressionError,
+    HashError,
+    ObjectNotFoundError,
+    ShardFormatError,
+)
 from mdsloader.locks import file_lock
 from mdsloader.stream import INDEX_BASENAME, LOCK_DIR
 
@@ -202,10 +209,14 @@ class ShardCache:
         codec = get_codec(shard.compression)
         if codec is None:
             raise ValueError(f"shard {shard.raw_data.basename!r} has a zip file but no compression")
-        data = codec.decompress(zipped.read_bytes())
         part = _part_path(raw)
         try:
-            part.write_bytes(data)
+            _decompress_file(codec, zipped, part)
+            if _size(part) != shard.raw_data.bytes:
+                raise ShardFormatError(
+                    f"{zipped} decompresses to {_size(part)} bytes, the index says "
+                    f"{shard.raw_data.bytes}"
+                )
             os.replace(part, raw)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -303,13 +314,34 @@ class ShardCache:
         return freed
 
 
+def _decompress_file(codec: Any, source: Path, target: Path) -> None:
+    """Decompress a whole shard file; zstd streams in constant memory (several downloads may be
+    decompressing at once), other codecs go through the format package in one piece."""
+    if codec.family == "zstd":
+        import zstandard
+
+        try:
+            with open(source, "rb") as src, open(target, "wb") as dst:
+                zstandard.ZstdDecompressor().copy_stream(src, dst)
+        except zstandard.ZstdError as exc:
+            raise CompressionError(f"{source} is not valid zstd data: {exc}") from exc
+        return
+    with open(source, "rb") as src, mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        target.write_bytes(codec.decompress(data))
+
+
 def _validate(path: Path, info: Any, algo: str) -> None:
     from mdsloader.mds.hashing import hexdigest
 
     expected = info.hashes.get(algo)
     if expected is None:
         raise HashError(f"shard file {info.basename!r} records no {algo!r} digest")
-    actual = hexdigest(algo, path.read_bytes())
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            actual = hexdigest(algo, b"")
+        else:  # hash the page cache, not a heap copy of the whole file
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                actual = hexdigest(algo, data)
     if actual != expected:
         raise ChecksumError(
             f"checksum failure for shard file {info.basename!r}: {algo} is {actual}, "
