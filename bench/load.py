@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,8 @@ def run_child(impl: str, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
         result["seconds"] = time.perf_counter() - start
     result["peak_mib"] = _status_mib("VmHWM")
     result["anon_mib"] = sampler.stop()
+    if spec.get("remote"):
+        shutil.rmtree(ds.streams[0].local, ignore_errors=True)  # the cold run's cache
     return result
 
 
