@@ -26,9 +26,9 @@ dataset object (a random token made at construction travels with every copy of t
 replaced atomically (write a temp file, then ``os.replace``), so a killed process leaves either
 the old or the new value, never a torn one. The main process reads the ledger in ``state_dict``:
 its ``next_epoch`` is the largest over the rank's slots, which equals the reference's node-shared
-counter. The directory is removed when the owning (constructing) object is garbage collected; a
-crash leaves a few bytes in the temp dir that nothing reads again (the token is random), so
-nothing can block a later run.
+counter. The directory is removed when the owning (constructing) object is garbage collected;
+a crash leaves a few bytes that nothing reads again (the token is random), so nothing can block
+a later run, and the next ledger created on the node prunes directories whose owner is gone.
 """
 
 from __future__ import annotations
@@ -158,12 +158,37 @@ def ledger_root() -> Path:
     return Path(tempfile.gettempdir()) / f"mdsloader-{os.getuid()}" / "runs"
 
 
+def _prune_dead_ledgers(root: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        for path in root.iterdir():
+            pid = path.name.partition("-")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process (a shared temp dir): leave it alone
+    return True
+
+
 class EpochLedger:
     """Node-local epoch counters and resume hand-off for one dataset object (see module doc)."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        """Create a ledger; by default in a fresh, randomly named directory under the temp dir."""
-        self.directory = directory or ledger_root() / uuid.uuid4().hex
+        """Create a ledger; by default in a fresh, randomly named directory under the temp dir.
+
+        Default directories are named ``<owner pid>-<random>``; creating one also prunes those
+        of owners that no longer exist (killed runs, processes that exited without cleanup).
+        """
+        if directory is None:
+            _prune_dead_ledgers(ledger_root())
+            directory = ledger_root() / f"{os.getpid()}-{uuid.uuid4().hex}"
+        self.directory = directory
         self._owner_pid = os.getpid()
 
     def save_resume(self, state: ResumeState) -> None:

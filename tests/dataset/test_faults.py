@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import time
@@ -116,7 +117,11 @@ def test_default_cache_dirs_are_reusable_and_distinct_per_remote(tmp_path: Path)
     other = StreamingDataset(remote=b, batch_size=2)
     assert first.streams[0].local == again.streams[0].local != other.streams[0].local
     assert f"mdsloader-{os.getuid()}" in first.streams[0].local
-    assert _ids(again) == [0, 1, 2, 3] and _ids(other) == [100, 101, 102, 103]
+    try:
+        assert _ids(again) == [0, 1, 2, 3] and _ids(other) == [100, 101, 102, 103]
+    finally:
+        for ds in (first, other):
+            shutil.rmtree(Path(ds.streams[0].local), ignore_errors=True)
 
 
 def test_cache_limit_construction_checks(tmp_path: Path):

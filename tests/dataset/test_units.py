@@ -203,3 +203,20 @@ def test_loader_modules_other_than_dataset_and_dataloader_do_not_import_torch():
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ledgers_of_dead_owners_are_pruned(tmp_path: Path, monkeypatch):
+    import mdsloader.state as state
+
+    monkeypatch.setattr(state, "ledger_root", lambda: tmp_path)
+    proc = multiprocessing.get_context("fork").Process(target=time.sleep, args=(0,))
+    proc.start()
+    proc.join()
+    dead = tmp_path / f"{proc.pid}-abc"
+    dead.mkdir()
+    live = tmp_path / f"{os.getpid()}-def"
+    live.mkdir()
+    ledger = EpochLedger()
+    assert not dead.exists() and live.exists()
+    assert ledger.directory.parent == tmp_path
+    assert ledger.directory.name.startswith(f"{os.getpid()}-")
