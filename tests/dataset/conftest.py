@@ -6,16 +6,18 @@ a product promise, and it keeps these tests independent of our writer's progress
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-# Spawned helper processes must not pick up a rank layout from the test runner's environment.
-for _name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-    os.environ.pop(_name, None)
+
+@pytest.fixture(autouse=True)
+def single_rank(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts as rank 0 of 1, whatever the runner's environment says."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 def write_dataset(

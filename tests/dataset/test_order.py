@@ -170,9 +170,10 @@ def test_replicated_ranks_share_samples_like_the_reference(data, clean_reference
     kwargs = {"batch_size": 4, "shuffle": True, "num_canonical_nodes": 2, "replication": 2}
     # The reference in one process (its real multi-rank init wants a process group).
     ref = reference_dataset(data["a"], **{k: v for k, v in kwargs.items() if k != "replication"})
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    ours = StreamingDataset(local=data["a"], **kwargs)
+    with monkeypatch.context() as env:  # restored before the reference's shm clean-up runs
+        env.setenv("WORLD_SIZE", "4")
+        env.setenv("LOCAL_WORLD_SIZE", "4")
+        ours = StreamingDataset(local=data["a"], **kwargs)
     work = reference_work(ref, nodes=1, ranks_per_node=4, workers=2, epoch=1,
                           num_canonical_nodes=2, replication=2)
     assert len(ours) == -(-300 // 2)
