@@ -149,17 +149,24 @@ class ShardCache:
             StorageError: The download kept failing after the stream's retries.
         """
         raw = self._raw[shard_id]
-        if self._touch(raw):
+        if self.touch(shard_id):
             return raw
         stream = self.streams[self.stream_of_shard[shard_id]]
         with file_lock(stream.lock_path(_lock_name(self.shards[shard_id].raw_data.basename))):
-            if not self._touch(raw):
+            if not self.touch(shard_id):
                 self._prepare(shard_id, stream)
         return raw
 
-    def touch(self, shard_id: int) -> None:
-        """Mark a shard as just used (its LRU stamp), if it is present."""
-        self._touch(self._raw[shard_id])
+    def touch(self, shard_id: int) -> bool:
+        """Mark a shard as just used (its LRU stamp); returns whether its raw file is present.
+
+        Files of streams without a remote are never evicted, so they are never stamped either:
+        a local dataset directory may be read-only, and its mtimes are the user's.
+        """
+        raw = self._raw[shard_id]
+        if not self.streams[self.stream_of_shard[shard_id]].has_remote:
+            return raw.exists()
+        return self._touch(raw)
 
     @staticmethod
     def _touch(path: Path) -> bool:

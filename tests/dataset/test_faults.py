@@ -156,3 +156,17 @@ def test_random_access_during_iteration_never_pulls_a_shard_from_under_it(tmp_pa
         seen.append(int(sample["id"]))
         assert int(ds[(k * 7 + 13) % 30]["id"]) == (k * 7 + 13) % 30
     assert seen == list(range(30))
+
+
+def test_a_read_only_local_dataset_is_read_without_writing_to_it(tmp_path: Path):
+    data = write_dataset(tmp_path / "ro", [6, 6])
+    before = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
+    for path in [data, *data.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        ds = StreamingDataset(local=str(data), batch_size=2, shuffle=True)
+        assert _ids(ds) == list(range(12))
+        assert {p: p.stat().st_mtime_ns for p in data.rglob("*")} == before
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
