@@ -32,7 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mdsloader.cache import ShardCache, parse_bytes
 from mdsloader.catalog import Catalog, load_catalog
 from mdsloader.download import Prefetcher, RunPlan, plan_runs
-from mdsloader.options import OrderOptions, validate_order_options
+from mdsloader.options import validate_order_options
 from mdsloader.order import EpochPlanner
 from mdsloader.shardview import ShardView
 from mdsloader.state import EpochLedger, ResumeState, resolve_epoch
@@ -417,4 +417,4 @@ def _check_cache_limit(cache_limit: int | str | None, catalog: Catalog) -> int |
     return limit
 
 
-__all__ = ["OrderOptions", "Stream", "StreamingDataset"]
+__all__ = ["Stream", "StreamingDataset"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 from mdsloader.errors import ObjectNotFoundError, ShardFormatError
@@ -61,12 +60,6 @@ class ShardView:
         """Decode sample ``index`` of this shard (0-based, no negative indices)."""
         offsets = self.offsets
         return self.decode(self._map[offsets[index] : offsets[index + 1]])
-
-    def decode_many(self, indices: Iterable[int]) -> Iterator[dict[str, Any]]:
-        """Decode the given samples in order: the iteration loop's inner loop."""
-        decode, data, offsets = self.decode, self._map, self.offsets
-        for index in indices:
-            yield decode(data[offsets[index] : offsets[index + 1]])
 
     def close(self) -> None:
         """Drop this view's references to the mapping.
