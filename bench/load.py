@@ -288,8 +288,10 @@ def main() -> None:
 def print_table(rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]], samples: int) -> None:
     print(f"Dataset: {samples:,} samples (5 columns, zstd:3, xxh64, 64 MiB shards), batch {BATCH}.")
     print()
-    print("| measure | ours | reference | ratio (higher is better for us) "
-          "| peak anon MiB ours / ref | peak RSS incl. mapped files, ours / ref |")
+    print(
+        "| measure | ours | reference | ratio (higher is better for us) "
+        "| peak anon MiB ours / ref | peak RSS incl. mapped files, ours / ref |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for _, label, ours, ref in rows:
         if "rate" in ours:

@@ -142,9 +142,7 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         self._planner = EpochPlanner(self._catalog, self.streams, self._options)
         self.epoch_size = self._planner.epoch_size
         self._rank_world = detect_world()
-        self._world = (
-            self._rank_world.replicate(replication) if replication else self._rank_world
-        )
+        self._world = self._rank_world.replicate(replication) if replication else self._rank_world
         self.length = math.ceil(self.epoch_size / self._world.num_ranks)
         self._ledger = EpochLedger()
         self._finalizer = weakref.finalize(self, self._ledger.remove)

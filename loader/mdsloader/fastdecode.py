@@ -47,9 +47,7 @@ def _column_lines(j: int, coder: Any, size: int | None, var: int, env: dict[str,
 
 def decoder_for(info: Any) -> Decoder:
     """The (cached) decode function of a shard's layout; shards of one dataset share it."""
-    return _cached(
-        tuple(info.column_names), tuple(info.column_encodings), tuple(info.column_sizes)
-    )
+    return _cached(tuple(info.column_names), tuple(info.column_encodings), tuple(info.column_sizes))
 
 
 @functools.lru_cache(maxsize=256)

@@ -44,8 +44,9 @@ def reference_work(
     world = World(nodes, ranks_per_node, workers, 0)
     if replication:
         world = world.replicate(replication)
-    ncn = num_canonical_nodes or (64 * world.num_nodes if ds.shuffle_algo in ("py1s", "py2s")
-                                  else world.num_nodes)
+    ncn = num_canonical_nodes or (
+        64 * world.num_nodes if ds.shuffle_algo in ("py1s", "py2s") else world.num_nodes
+    )
     ds.num_canonical_nodes = ncn
     ds.shuffle_block_size = ds._given_block or max(4_000_000 // ncn, 1 << 18)
     ds.initial_physical_nodes = initial_physical_nodes

@@ -58,8 +58,9 @@ def test_corrupted_shard_is_caught_by_validate_hash(tmp_path: Path):
     remote = write_dataset(tmp_path / "remote", [5, 5], compression="zstd", hashes=["sha256"])
     victim = remote / "p0001" / "shard.00000.mds.zstd"
     victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
-    ds = StreamingDataset(remote=str(remote), local=str(tmp_path / "l"), batch_size=2,
-                          validate_hash="sha256")
+    ds = StreamingDataset(
+        remote=str(remote), local=str(tmp_path / "l"), batch_size=2, validate_hash="sha256"
+    )
     with pytest.raises(ChecksumError, match=r"p0001/shard\.00000\.mds\.zstd"):
         list(ds)
 
@@ -77,8 +78,13 @@ def test_unreachable_s3_fails_clearly_after_the_configured_retries(tmp_path: Pat
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     begin = time.monotonic()
     with pytest.raises(StorageUnavailableError, match=r"index\.json"):
-        StreamingDataset(remote="s3://nowhere/ds", local=str(tmp_path / "l"), batch_size=2,
-                         download_retry=1, download_timeout=2)
+        StreamingDataset(
+            remote="s3://nowhere/ds",
+            local=str(tmp_path / "l"),
+            batch_size=2,
+            download_retry=1,
+            download_timeout=2,
+        )
     assert time.monotonic() - begin < 30
 
 
@@ -127,8 +133,7 @@ def test_default_cache_dirs_are_reusable_and_distinct_per_remote(tmp_path: Path)
 def test_cache_limit_construction_checks(tmp_path: Path):
     remote = str(write_dataset(tmp_path / "r", [40, 40], payload=200))
     with pytest.raises(ValueError, match="four times"):
-        StreamingDataset(remote=remote, local=str(tmp_path / "l"), batch_size=2,
-                         cache_limit="10kb")
+        StreamingDataset(remote=remote, local=str(tmp_path / "l"), batch_size=2, cache_limit="10kb")
     with pytest.raises(ValueError, match="Minimum cache usage"):
         StreamingDataset(remote=remote, local=str(tmp_path / "l"), batch_size=2, cache_limit=10)
 

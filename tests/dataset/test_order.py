@@ -117,8 +117,9 @@ def test_reference_iteration_agrees_with_the_oracle(data, clean_reference_shm):
     real = [[int(i) for b in loader for i in b["id"]] for _ in range(2)]
     oracle_ref = reference_dataset(data["a"], **kwargs)
     for epoch in (0, 1):
-        work = reference_work(oracle_ref, nodes=1, ranks_per_node=1, workers=2, epoch=epoch,
-                              num_canonical_nodes=2)
+        work = reference_work(
+            oracle_ref, nodes=1, ranks_per_node=1, workers=2, epoch=epoch, num_canonical_nodes=2
+        )
         assert real[epoch] == rank_ids(work, 0)
 
 
@@ -154,14 +155,24 @@ def test_ranks_in_separate_processes_match_the_reference(
     world = nodes * ranks_per_node
     jobs = []
     for rank in range(world):
-        env = {"RANK": str(rank), "WORLD_SIZE": str(world),
-               "LOCAL_RANK": str(rank % ranks_per_node), "LOCAL_WORLD_SIZE": str(ranks_per_node)}
+        env = {
+            "RANK": str(rank),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(rank % ranks_per_node),
+            "LOCAL_WORLD_SIZE": str(ranks_per_node),
+        }
         jobs.append((data["a"], env, kwargs, workers, 2))  # fmt: skip
     results = run_ranks(jobs)
     ref = reference_dataset(data["a"], **kwargs)
     for epoch in (0, 1):
-        work = reference_work(ref, nodes=nodes, ranks_per_node=ranks_per_node,
-                              workers=max(workers, 1), epoch=epoch, num_canonical_nodes=4)
+        work = reference_work(
+            ref,
+            nodes=nodes,
+            ranks_per_node=ranks_per_node,
+            workers=max(workers, 1),
+            epoch=epoch,
+            num_canonical_nodes=4,
+        )
         for rank in range(world):
             assert results[rank][epoch] == rank_ids(work, rank), (rank, epoch)
 
@@ -174,8 +185,9 @@ def test_replicated_ranks_share_samples_like_the_reference(data, clean_reference
         env.setenv("WORLD_SIZE", "4")
         env.setenv("LOCAL_WORLD_SIZE", "4")
         ours = StreamingDataset(local=data["a"], **kwargs)
-    work = reference_work(ref, nodes=1, ranks_per_node=4, workers=2, epoch=1,
-                          num_canonical_nodes=2, replication=2)
+    work = reference_work(
+        ref, nodes=1, ranks_per_node=4, workers=2, epoch=1, num_canonical_nodes=2, replication=2
+    )
     assert len(ours) == -(-300 // 2)
     for rank in range(4):
         world = World(1, 4, 1, rank).replicate(2)

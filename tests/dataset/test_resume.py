@@ -22,8 +22,9 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _loader(local: str, workers: int, *, persist: bool = False) -> StreamingDataLoader:
     ds = StreamingDataset(local=local, **KWARGS)
-    return StreamingDataLoader(ds, batch_size=KWARGS["batch_size"], num_workers=workers,
-                               persistent_workers=persist)
+    return StreamingDataLoader(
+        ds, batch_size=KWARGS["batch_size"], num_workers=workers, persistent_workers=persist
+    )
 
 
 def _ids(batch) -> list[int]:
@@ -119,9 +120,15 @@ def test_a_reference_state_resumes_our_loader(local, clean_reference_shm):
         if k == 24:
             break
     state = ref_loader.state_dict()
-    work = reference_work(reference_dataset(local, **KWARGS), nodes=1, ranks_per_node=1,
-                          workers=1, epoch=0, num_canonical_nodes=2)
-    remaining = rank_ids(work, 0)[25 * 4:]
+    work = reference_work(
+        reference_dataset(local, **KWARGS),
+        nodes=1,
+        ranks_per_node=1,
+        workers=1,
+        epoch=0,
+        num_canonical_nodes=2,
+    )
+    remaining = rank_ids(work, 0)[25 * 4 :]
     ours = _loader(local, 2)
     ours.load_state_dict(state)
     assert [i for b in ours for i in _ids(b)] == remaining

@@ -26,11 +26,18 @@ def upload(bucket: str, root: Path, prefix: str) -> str:
 
 
 def test_cold_cache_streams_every_sample_from_s3(s3_bucket, tmp_path: Path):
-    data = write_dataset(tmp_path / "data" / "train", [20, 31, 9], compression="zstd",
-                         hashes=["xxh64"])
+    data = write_dataset(
+        tmp_path / "data" / "train", [20, 31, 9], compression="zstd", hashes=["xxh64"]
+    )
     remote = upload(s3_bucket, tmp_path / "data", "ds")
-    ds = StreamingDataset(remote=remote, split="train", local=str(tmp_path / "cache"),
-                          batch_size=4, shuffle=True, validate_hash="xxh64")
+    ds = StreamingDataset(
+        remote=remote,
+        split="train",
+        local=str(tmp_path / "cache"),
+        batch_size=4,
+        shuffle=True,
+        validate_hash="xxh64",
+    )
     loader = StreamingDataLoader(ds, batch_size=4, num_workers=2)
     ids = sorted(int(i) for batch in loader for i in batch["id"])
     assert ids == list(range(60))

@@ -100,8 +100,13 @@ def test_options_validation_mirrors_reference_and_refuses_unsupported_batching()
         "batching_method": "random", "replication": None,
     }  # fmt: skip
     assert validate_order_options(**base).epoch_size == 1500
-    for key, bad in [("shuffle_algo", "py1b"), ("partition_algo", "x"), ("shuffle_seed", -1),
-                     ("sampling_granularity", 0), ("sampling_method", "x")]:
+    for key, bad in [
+        ("shuffle_algo", "py1b"),
+        ("partition_algo", "x"),
+        ("shuffle_seed", -1),
+        ("sampling_granularity", 0),
+        ("sampling_method", "x"),
+    ]:
         with pytest.raises(ValueError):
             validate_order_options(**{**base, key: bad})
     with pytest.raises(NotImplementedError, match="stratified"):
