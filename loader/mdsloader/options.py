@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SAMPLING_METHODS = ("balanced", "fixed")
-PARTITION_ALGOS = ("orig", "relaxed")
-SHUFFLE_ALGOS = ("py1e", "py1br", "py1s", "py2s", "naive")
+from mdsloader.ordering import PARTITION_ALGOS, SAMPLING_METHODS, SHUFFLE_ALGOS
+
 BATCHING_METHODS = ("random", "stratified", "per_stream", "device_per_stream")
 SUPPORTED_BATCHING = ("random",)
 
