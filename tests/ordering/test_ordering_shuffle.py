@@ -207,3 +207,19 @@ def test_py1e_sorting_in_a_helper_thread_matches_reference(ref_shuffle, monkeypa
     monkeypatch.undo()
     _both(ref_shuffle, "py1e", np.random.default_rng(2).integers(1000, 3000, 150), 3, 7, 1,
           200_000)
+
+
+@pytest.mark.interop
+def test_py1e_nodes_whose_spans_never_shift_match_reference(ref_shuffle, monkeypatch):
+    # Shards larger than the block are clipped (shifts of exactly 0, their draws skipped) and a
+    # node of only such spans is taken in slot order without a sort; mixed with nodes that do
+    # shift, pipelined or not, and with spans above the 4096-draw skip threshold.
+    cases = [([9000, 12000], 1, 100), ([9000, 5, 12000, 7, 30], 2, 100), ([5000], 1, 7),
+             ([20, 9000, 40, 9000, 10], 3, 60), ([70_000, 300, 500, 70_000], 2, 1000),
+             ([110, 115, 120], 1, 100), ([50], 1, 100), ([6000, 9000], 2, 8000)]
+    for pipelined in (False, True):
+        if pipelined:
+            monkeypatch.setattr(py1e, "_PIPELINE_MIN", 1)
+        for sizes, ncn, block in cases:
+            for seed in range(3):
+                _both(ref_shuffle, "py1e", np.array(sizes), ncn, seed, seed % 2, block)

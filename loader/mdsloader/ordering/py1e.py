@@ -77,12 +77,23 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
                 )
             chosen = spans[pieces.part(c)]
             begins, sizes = pieces.begins[chosen], pieces.sizes[chosen]
+            if sizes[sizes > 0].min() >= high:
+                # Every span exceeds any block it can draw, so none shifts (see below): the
+                # node's order is its shuffled spans as they are, written straight into ``perm``.
+                _fill_shuffled_spans(perm[begin:end], begins.tolist(), sizes.tolist(), rng)
+                clipped |= _shift_positions(None, sizes.tolist(), rng, low, high)[0]
+                continue
             node_ids, node_positions = sorter.scratch(end - begin)
             _fill_shuffled_spans(node_ids, begins.tolist(), sizes.tolist(), rng)
             if needed is not None and not needed[c]:
-                clipped |= _shift_positions(None, sizes.tolist(), rng, low, high)
+                clipped |= _shift_positions(None, sizes.tolist(), rng, low, high)[0]
                 continue
-            clipped |= _shift_positions(node_positions, sizes.tolist(), rng, low, high)
+            node_clipped, shifted = _shift_positions(node_positions, sizes.tolist(), rng, low, high)
+            clipped |= node_clipped
+            if not shifted:
+                # Every position is its slot, so the stable sort is the identity.
+                perm[begin:end] = node_ids
+                continue
             sorter.submit(node_positions, node_ids, _SpanLookup(node_ids, begins, sizes),
                           perm[begin:end])
     if clipped:
@@ -194,17 +205,20 @@ def _fill_shuffled_spans(node: np.ndarray, begins: list[int], sizes: list[int],
 
 
 def _shift_positions(positions: np.ndarray | None, sizes: list[int], rng: np.random.Generator,
-                     low: int, high: int) -> bool:
+                     low: int, high: int) -> tuple[bool, bool]:
     """Add each span's uniform shifts to ``positions`` (or only draw them when it is None).
 
+    A span whose shift bounds are both 0 (larger than its block, or alone in its node) only
+    advances ``rng``: its shifts are all exactly 0. ``positions`` is filled with the slot numbers
+    only once some span really shifts, so a node where none does costs no pass over it.
+
     Returns:
-        Whether some span was larger than its random block, so its shifts were clipped to 0.
+        Whether some span was larger than its random block, so its shifts were clipped to 0,
+        and whether ``positions`` was filled (False: every position equals its slot).
     """
     total = sum(sizes)
-    if positions is not None:
-        _fill_counting(positions)
     offset = 0
-    clipped = False
+    clipped = shifted = False
     for size in sizes:
         block = int(rng.integers(low, high))
         cutoff: float = (block - size) / 2
@@ -214,13 +228,17 @@ def _shift_positions(positions: np.ndarray | None, sizes: list[int], rng: np.ran
         # Same bounds as the reference: never leave this canonical node's range.
         lower = max(-cutoff, -offset)
         upper = min(cutoff, total - offset - size)
-        if positions is None:
+        if positions is None or lower == upper == 0:
+            # uniform(0, 0) is 0 + 0 * u == 0 exactly: skip the draws, add nothing.
             _skip_uniforms(rng, size)
         else:
+            if not shifted:
+                _fill_counting(positions)
+                shifted = True
             # The reference's ``arange(n).astype(float64)[span] += shifts``, the same sum.
             positions[offset:offset + size] += rng.uniform(lower, upper, size)
         offset += size
-    return clipped
+    return clipped, shifted
 
 
 def _fill_counting(values: np.ndarray, chunk: int = 1 << 16) -> None:
