@@ -15,6 +15,7 @@ from mdsloader.mds.shard import (
     shard_size,
 )
 from mdsloader.mds.sizes import parse_size_limit
+from mdsloader.shardview import check_header
 
 CONFIG = {
     "column_encodings": ["str", "int64"], "column_names": ["name", "x"],
@@ -92,3 +93,33 @@ def test_parse_size_limit(value, expected):
 def test_parse_size_limit_rejects(value):
     with pytest.raises(ValueError):
         parse_size_limit(value)
+
+
+def _header(offsets: list[int]) -> bytes:
+    return np.array([len(offsets) - 1, *offsets], "<u4").tobytes()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [(lambda b: b[:-1], "truncated or padded"), (lambda b: b + b"x", "truncated or padded"),
+     (lambda b: b[:10], "truncated"), (lambda b: b"\x03" + b[1:], "holds 3 samples"),
+     (lambda b: b[:4] + (1000).to_bytes(4, "little") + b[8:], "corrupt sample offsets")],
+)
+def test_shard_view_header_check_raises_what_read_offsets_raises(mutate, match):
+    records = doc_records()
+    shard = mutate(encode_shard(config_json(CONFIG), records, np.array([len(r) for r in records])))
+    with pytest.raises(ShardFormatError, match=match) as ours:
+        check_header(shard, 2, where="s")
+    with pytest.raises(ShardFormatError) as theirs:
+        read_offsets(shard, 2, where="s")
+    assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("at", [1, 5, (1 << 18) - 1, 1 << 18, (1 << 18) + 1, 600_000])
+def test_shard_view_header_check_finds_a_decrease_in_any_chunk(at):
+    n = 600_001
+    offsets = np.arange(n + 1, dtype=np.int64) + 4 * (n + 2)
+    check_header(_header(offsets.tolist()) + bytes(n), n, where="s")  # intact
+    offsets[at] -= 2
+    with pytest.raises(ShardFormatError, match="corrupt sample offsets"):
+        check_header(_header(offsets.tolist()) + bytes(n), n, where="s")
