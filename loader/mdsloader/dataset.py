@@ -153,11 +153,14 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         self._readers: OrderedDict[int, ShardView] = OrderedDict()
         self._touched: dict[int, float] = {}
         self._prefetcher = Prefetcher(self.cache.ensure, threads=min(8, max(2, self.num_shards)))
-        self._shard_ends_list: list[int] = self._catalog.shard_ends.tolist()
+        ends = self._catalog.shard_ends
+        self._shard_ends_list: list[int] = ends.tolist()
+        self._shard_starts_list: list[int] = (ends - self._catalog.samples_per_shard).tolist()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_readers", "_prefetcher", "_finalizer", "_shard_ends_list", "_touched"):
+        for key in ("_readers", "_prefetcher", "_finalizer", "_touched", "_shard_ends_list",
+                    "_shard_starts_list"):  # fmt: skip
             state.pop(key, None)
         return state
 
@@ -200,6 +203,8 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             IndexError: An id outside ``[-size, size)``.
             TypeError: An unsupported index type.
         """
+        if type(at) is int:  # the common case first: no isinstance chain
+            return self.get_item(at)
         if isinstance(at, int | np.integer):
             return self.get_item(int(at))
         if isinstance(at, slice):
@@ -210,16 +215,19 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
 
     def get_item(self, sample_id: int) -> dict[str, Any]:
         """Decode one sample by global id, making its shard local first if needed."""
+        size = self._catalog.num_samples
         if sample_id < 0:
-            sample_id += self.size
-        if not 0 <= sample_id < self.size:
-            raise IndexError(f"sample {sample_id} is out of range for {self.size} samples")
+            sample_id += size
+        if not 0 <= sample_id < size:
+            raise IndexError(f"sample {sample_id} is out of range for {size} samples")
         shard = bisect.bisect_right(self._shard_ends_list, sample_id)
-        start = self._shard_ends_list[shard] - int(self._catalog.samples_per_shard[shard])
         reader = self._readers.get(shard)
         if reader is None:
             reader = self._open_reader(shard, self.cache.ensure(shard))
-        return reader[sample_id - start]
+        # ShardView.__getitem__ inlined: this is the whole per-call cost of random access.
+        index = sample_id - self._shard_starts_list[shard]
+        offsets = reader.offsets
+        return reader.decode(reader.data[offsets[index] : offsets[index + 1]])
 
     def _open_reader(self, shard: int, path: Path) -> ShardView:
         info = self._catalog.shards[shard]
