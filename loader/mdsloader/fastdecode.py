@@ -19,6 +19,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 Decoder = Callable[[bytes], dict[str, Any]]
 
 # float16 goes through numpy: a struct round trip could alter NaN payload bits.
@@ -27,7 +29,7 @@ _STRUCT_SAFE = frozenset("bBhHiIqQfd")
 
 def _column_lines(j: int, coder: Any, size: int | None, var: int, env: dict[str, Any]) -> list[str]:
     """Source lines that decode column ``j`` at position ``p`` into ``v{j}``."""
-    from mdsloader.mds.encodings import ScalarEncoding
+    from mdsloader.mds.encodings import NDArrayEncoding, ScalarEncoding
 
     width = str(size) if size is not None else f"l{var}"
     code = getattr(coder, "struct_code", None)
@@ -35,6 +37,15 @@ def _column_lines(j: int, coder: Any, size: int | None, var: int, env: dict[str,
         env[f"_u{j}"] = struct.Struct("<" + code).unpack_from
         env[f"_t{j}"] = coder.dtype.type
         line = f"v{j} = _t{j}(_u{j}(data, p)[0])"
+    elif isinstance(coder, NDArrayEncoding) and coder.dtype is not None:
+        # ``coder._decode`` without ``Encoding.decode``'s error mapping: every error it can raise
+        # (IndexError, ValueError, struct.error) sends the record to ``_slow``, which maps it.
+        env[f"_n{j}"] = coder._decode
+        line = f"v{j} = _n{j}(data[p:p + {width}])"
+        if coder.shape is not None:
+            env["_frombuffer"] = np.frombuffer
+            env[f"_dt{j}"], env[f"_s{j}"] = coder.dtype, coder.shape
+            line = f"v{j} = _frombuffer(data[p:p + {width}], _dt{j}).reshape(_s{j})"
     elif coder.name == "str":
         line = f"v{j} = str(data[p:p + {width}], 'utf-8')"
     elif coder.name == "bytes":

@@ -16,7 +16,7 @@ COLUMNS = {
     "i16": "int16", "i32": "int32", "i64": "int64", "f16": "float16", "f32": "float32",
     "f64": "float64", "int": "int", "s": "str", "b": "bytes", "si": "str_int",
     "sf": "str_float", "sd": "str_decimal", "j": "json", "nd": "ndarray",
-    "nd_t": "ndarray:int16", "nd_ts": "ndarray:float32:2,3",
+    "nd_t": "ndarray:int16", "nd_ts": "ndarray:float32:2,3", "nd_s": "ndarray:uint8:4",
 }  # fmt: skip
 
 
@@ -29,6 +29,7 @@ def sample(i: int) -> dict:
         "si": 10**20 + i, "sf": 1 / (i + 3), "sd": Decimal("1.10") * i, "j": {"a": [i, None]},
         "nd": rng.standard_normal((i + 1, 2)), "nd_t": np.arange(i + 1, dtype=np.int16),
         "nd_ts": rng.standard_normal((2, 3)).astype(np.float32),
+        "nd_s": np.arange(i, i + 4, dtype=np.uint8),
     }  # fmt: skip
 
 
@@ -36,7 +37,8 @@ def same(a: object, b: object) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, np.ndarray):
-        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+        return (a.dtype == b.dtype and a.shape == b.shape and a.flags.writeable == b.flags.writeable
+                and np.array_equal(a, b, equal_nan=True))
     if isinstance(a, np.floating) and np.isnan(a):
         return bool(np.isnan(b))
     return a == b
@@ -64,3 +66,26 @@ def test_truncated_record_raises_the_format_error():
         build_decoder(info)(record[:-3])
     with pytest.raises(ShardFormatError):
         build_decoder(info)(record[:2])
+
+
+@pytest.mark.parametrize(
+    ("columns", "value"),
+    [({"v": "ndarray:int16"}, np.arange(5, dtype=np.int16)),
+     ({"v": "ndarray:float32:2,3"}, np.ones((2, 3), np.float32)),
+     ({"v": "ndarray:int16", "s": "str"}, np.arange(5, dtype=np.int16))],
+)
+def test_damaged_typed_ndarray_raises_what_the_sample_decoder_raises(columns, value):
+    plan = ColumnPlan.from_columns(columns)
+    info = type("Info", (), {"column_names": plan.names, "column_encodings": plan.encodings,
+                             "column_sizes": plan.sizes})()  # fmt: skip
+    record = RecordEncoder(plan).encode({name: {"v": value, "s": "abc"}[name] for name in columns})
+    for cut in range(1, len(record)):
+        for damaged in (record[:-cut], record[:cut]):
+            try:
+                expected = SampleDecoder(info).decode(damaged)
+            except Exception as exc:
+                with pytest.raises(type(exc)):
+                    build_decoder(info)(damaged)
+            else:
+                got = build_decoder(info)(damaged)
+                assert all(same(got[key], expected[key]) for key in expected)
