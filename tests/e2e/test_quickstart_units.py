@@ -130,7 +130,9 @@ def test_supervisor_stops_whole_process_groups_newest_first(tmp_path: Path) -> N
     for name in ("first", "second"):
         supervisor.spawn(
             name,
-            ["bash", "-c", "sleep 300 & echo $! > $0; wait", str(tmp_path / f"{name}.pid")],
+            # Written to a temporary name and renamed, so a reader never sees an empty pid file.
+            ["bash", "-c", "sleep 300 & echo $! > $0.tmp && mv $0.tmp $0; wait",
+             str(tmp_path / f"{name}.pid")],
             env=dict(os.environ),
         )
     wait_until(lambda: all((tmp_path / f"{n}.pid").exists() for n in ("first", "second")),
