@@ -208,3 +208,31 @@ def test_defaults_follow_the_reference():
     assert default_num_canonical_nodes("py1e", 3) == 3
     assert [default_shuffle_block_size(n) for n in (1, 8, 16, 64)] == [
         4_000_000, 500_000, 262_144, 262_144]
+
+
+def _clipped_epoch(algo: str, drop: int) -> np.ndarray:
+    """One worker over shards larger than the block (py1e clips them and warns), from ``drop``."""
+    specs = [StreamSpec(num_samples=300, samples_per_shard=np.array([100, 200]))]
+    settings = OrderSettings(shuffle=True, shuffle_algo=algo, shuffle_seed=3,
+                             shuffle_block_size=10, partition_algo="orig", num_canonical_nodes=1,
+                             batch_size=4, sampling_method="balanced", sampling_granularity=1)
+    return worker_sample_ids(specs, [300], settings, Topology(1, 1, 1, 0, 0, 0), epoch=0,
+                             sample_in_epoch=drop, initial_physical_nodes=None)
+
+
+def test_permutation_beside_the_partition_warns_once_from_the_caller_thread():
+    with pytest.warns(UserWarning, match="Shuffle block size was smaller") as caught:
+        ids = _clipped_epoch("py1e", 100)
+    assert len(caught) == 1 and caught[0].filename.endswith("mdsloader/ordering/epoch.py")  # where it always came from
+    assert sorted(ids.tolist()) == sorted(set(ids.tolist())) and ids.size == 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _clipped_epoch("py1s", 100)  # the other algorithms never warn
+
+
+@pytest.mark.parametrize("algo", ["py1e", "py1s", "naive"])
+def test_a_partition_error_wins_over_the_permutation_and_nothing_is_warned(algo):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="Resuming further into the dataset"):
+            _clipped_epoch(algo, 10_000)

@@ -8,13 +8,15 @@ reads from. The result is the same sample sequence the reference's worker iterat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import InitVar, dataclass
+from functools import partial
 
 import numpy as np
 
 from mdsloader.ordering.partition import PARTITION_ALGOS, worker_partition
-from mdsloader.ordering.py1e import py1e_order
+from mdsloader.ordering.py1e import py1e_order, py1e_order_quiet, warn_clipped
 from mdsloader.ordering.sampling import SAMPLING_METHODS, Resampled, StreamSpec, resample
 from mdsloader.ordering.shuffle import (
     SHUFFLE_ALGOS,
@@ -149,16 +151,51 @@ def worker_sample_ids(
                          shuffle=settings.shuffle, sampling_method=settings.sampling_method,
                          sampling_granularity=settings.sampling_granularity)
     epoch_size = int(resampled.unit_sizes.sum())
-    big = worker_partition(
+    partition = partial(
+        worker_partition,
         settings.partition_algo, epoch_size, settings.num_canonical_nodes, topology.num_nodes,
         topology.ranks_per_node, topology.workers_per_rank, settings.batch_size,
         sample_in_epoch, initial_physical_nodes, node=topology.node,
         rank_of_node=topology.rank_of_node, worker=topology.worker,
     )
-    big = _strip_padding(big)
-    if settings.shuffle:
-        big = shuffled_ids(resampled, settings, epoch, big)
-    return resampled.small_ids(big)
+    if not settings.shuffle:
+        return resampled.small_ids(_strip_padding(partition()))
+    if settings.shuffle_algo == "py1e" and settings.num_canonical_nodes > 1:
+        # py1e then sorts only the canonical nodes this worker reads: it needs the positions.
+        big = _strip_padding(partition())
+        return resampled.small_ids(shuffled_ids(resampled, settings, epoch, big))
+    big, perm = _partition_beside_permutation(partition, resampled, settings, epoch)
+    return resampled.small_ids(np.take(perm, big, out=big, mode="clip"))
+
+
+def _partition_beside_permutation(partition: Callable[[], np.ndarray], resampled: Resampled,
+                                  settings: OrderSettings,
+                                  epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """The worker's positions and the epoch's permutation, the latter on a helper thread.
+
+    Neither depends on the other here, and both spend their time in numpy without the GIL.
+    Errors and the warning come as if run in sequence: the partition's first, and the
+    permutation's warning only once the partition has succeeded.
+    """
+    with ThreadPoolExecutor(1, "mdsloader-shuffle") as pool:
+        pending = pool.submit(_permutation, resampled, settings, epoch)
+        big = _strip_padding(partition())
+        perm, clipped = pending.result()
+    if clipped:
+        warn_clipped(stacklevel=2)  # attributed to this module, as py1e_order's warning is
+    return big, perm
+
+
+def _permutation(resampled: Resampled, settings: OrderSettings,
+                 epoch: int) -> tuple[np.ndarray, bool]:
+    """The whole epoch's shuffle (every canonical node), and whether py1e clipped a span."""
+    units = resampled.unit_sizes
+    ncn, seed = settings.num_canonical_nodes, settings.shuffle_seed
+    block = settings.shuffle_block_size
+    if settings.shuffle_algo != "py1e":
+        return get_shuffle(settings.shuffle_algo, units, ncn, seed, epoch, block), False
+    validate_shuffle_args("py1e", units, ncn, seed, epoch, block)
+    return py1e_order_quiet(fixed_pieces(units, ncn, seed), seed, epoch, block)
 
 
 def _strip_padding(ids: np.ndarray) -> np.ndarray:

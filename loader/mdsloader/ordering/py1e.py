@@ -58,6 +58,27 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
     Raises:
         ValueError: If a canonical node gets no samples (fewer samples than canonical nodes).
     """
+    perm, clipped = py1e_order_quiet(pieces, seed, epoch, block_size, needed)
+    if clipped:
+        warn_clipped(stacklevel=3)
+    return perm
+
+
+def warn_clipped(stacklevel: int) -> None:
+    """The reference's warning for shards larger than their shuffle block."""
+    warnings.warn(
+        "Shuffle block size was smaller than shard size for some shards, so those shards are "
+        "not shuffled with other shards. Set shuffle_block_size higher for a better shuffle.",
+        stacklevel=stacklevel,
+    )
+
+
+def py1e_order_quiet(pieces: Pieces, seed: int, epoch: int, block_size: int,
+                     needed: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+    """:func:`py1e_order` without its warning (for a helper thread): ``(perm, clipped)``.
+
+    ``clipped`` says whether :func:`warn_clipped` is due.
+    """
     rng = np.random.default_rng(seed + epoch)
     spans = shuffle_parts(pieces, rng)
     bounds = pieces.sample_bounds.tolist()
@@ -96,13 +117,7 @@ def py1e_order(pieces: Pieces, seed: int, epoch: int, block_size: int,
                 continue
             sorter.submit(node_positions, node_ids, _SpanLookup(node_ids, begins, sizes),
                           perm[begin:end])
-    if clipped:
-        warnings.warn(
-            "Shuffle block size was smaller than shard size for some shards, so those shards are "
-            "not shuffled with other shards. Set shuffle_block_size higher for a better shuffle.",
-            stacklevel=2,
-        )
-    return perm
+    return perm, clipped
 
 
 class _NodeSorter:
