@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mdsloader.atomic import write_bytes_atomic
+
 #: The keys of a state dict, identical to the reference's so checkpoints are interchangeable.
 STATE_KEYS = (
     "epoch",
@@ -133,19 +135,6 @@ def resolve_epoch(
     return resume.epoch, resume.sample_in_epoch, resume
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _read_text(path: Path) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
@@ -193,7 +182,9 @@ class EpochLedger:
 
     def save_resume(self, state: ResumeState) -> None:
         """Publish a loaded state to every copy of the dataset (current and future workers)."""
-        _atomic_write(self.directory / "resume.json", json.dumps(state.to_dict(), sort_keys=True))
+        write_bytes_atomic(
+            self.directory / "resume.json", json.dumps(state.to_dict(), sort_keys=True).encode()
+        )
 
     def load_resume(self) -> ResumeState | None:
         """The last published resume state, or None."""
@@ -227,7 +218,7 @@ class EpochLedger:
 
     def set_next_epoch(self, slot: tuple[int, int], value: int) -> None:
         """Record the epoch this slot starts on its next ``__iter__``."""
-        _atomic_write(self._slot_path(*slot), str(int(value)))
+        write_bytes_atomic(self._slot_path(*slot), str(int(value)).encode())
 
     def remove(self) -> None:
         """Delete the ledger, only from the process that created it (workers share it)."""

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mdsloader.atomic import write_bytes_atomic
 from mdsloader.errors import ObjectNotFoundError
 from mdsloader.locks import file_lock
 
@@ -219,7 +220,7 @@ class Stream:
             if cached != remote:
                 if cached is not None:
                     _drop_stale_shards(self.local_root, cached, remote)
-                _atomic_write_bytes(path, remote)
+                write_bytes_atomic(path, remote)
         return remote
 
 
@@ -255,16 +256,3 @@ def _drop_stale_shards(root: Path, old: bytes, new: bytes) -> None:
             continue
         with contextlib.suppress(FileNotFoundError):
             (root / basename).unlink()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
