@@ -11,6 +11,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from format_helpers import assert_same_sample
 from hypothesis import HealthCheck, given, settings
@@ -134,7 +135,6 @@ def test_every_encoding_both_ways(tmp_path, reference):
 
 
 def test_columnar_output_read_by_the_reference(tmp_path, reference):
-    pa = pytest.importorskip("pyarrow")
     n = 500
     rng = np.random.default_rng(3)
     batch = pa.record_batch({
