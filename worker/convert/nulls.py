@@ -50,8 +50,9 @@ def count_nulls(df: DataFrame, plans: list[ColumnPlan]) -> NullCounts:
     """Count missing values of every column in one Spark aggregation (none if nothing can be
     missing, e.g. only non-nullable scalar columns)."""
     aggregates = []
+    types = _types(df)
     for index, plan in enumerate(plans):
-        missing, holes = _predicates(plan)
+        missing, holes = _predicates(plan, types.get(plan.name))
         if missing is not None:
             aggregates.append(_count_where(missing).alias(f"m{index}"))
         if holes is not None:
@@ -95,39 +96,80 @@ def apply_null_policy(
             f"null values found ({counts.describe()}); set null_policy to 'skip' or 'fill'"
         )
     if policy == "skip":
-        return df.filter(~_any_bad(plans, counts))
+        return df.filter(~_any_bad(plans, counts, _types(df)))
     return _fill(df, plans, counts, fill_values)
 
 
-def _predicates(plan: ColumnPlan) -> tuple[Column | None, Column | None]:
-    """(missing, null elements) predicates for a column; None where nothing can be missing."""
+def _types(df: DataFrame) -> dict[str, T.DataType]:
+    return {field.name: field.dataType for field in df.schema.fields}
+
+
+def _predicates(
+    plan: ColumnPlan, dtype: T.DataType | None = None
+) -> tuple[Column | None, Column | None]:
+    """(missing, null elements) predicates for a column; None where nothing can be missing.
+
+    ``dtype`` (the column's Spark type) lets the null-element test of numeric arrays take the
+    fast path of :func:`_has_null_element`; without it the exact test is used.
+    """
     col = column_ref(plan.name)
     if plan.source == "vector":
         return (col.isNull() if plan.nullable else None), None
+    element = dtype.elementType if isinstance(dtype, T.ArrayType) else None
     if plan.kind == "ndarray":
-        holes = _has_null_element(col) if plan.element_nulls else None
+        holes = _has_null_element(col, element) if plan.element_nulls else None
         return col.isNull() | (F.size(col) == 0), holes
     if plan.kind == "ndarray2d":
+        inner = element.elementType if isinstance(element, T.ArrayType) else None
         holes = F.exists(
-            col, lambda row: row.isNull() | (F.size(row) == 0) | _has_null_element(row)
+            col, lambda row: row.isNull() | (F.size(row) == 0) | _has_null_element(row, inner)
         )
         return col.isNull() | (F.size(col) == 0), holes
     return (col.isNull() if plan.nullable else None), None
 
 
-def _has_null_element(array: Column) -> Column:
-    # array_compact drops nulls natively: several times faster than exists() with a lambda.
-    return F.size(F.array_compact(array)) < F.size(array)
+def _has_null_element(array: Column, element: T.DataType | None = None) -> Column:
+    """Whether a (non-null) array holds a null element; null for a null array.
+
+    The exact test, ``size(array_compact(a)) < size(a)``, builds a new array per row (Spark runs
+    ``array_compact`` as an interpreted lambda). ``array_contains(a, v)`` is compiled and
+    allocates nothing, and by SQL's three-valued rule it is null exactly when ``a`` holds a null
+    and no element equal to ``v``. Two different probe values therefore settle every row except
+    one that holds both, and only such rows (rare with extreme probes) pay for the exact test.
+    """
+    exact = F.size(F.array_compact(array)) < F.size(array)
+    probes = _probe_values(element)
+    if probes is None:
+        return exact
+    first, second = (F.array_contains(array, F.lit(v).cast(element)) for v in probes)
+    return (
+        F.when(array.isNull(), F.lit(None).cast("boolean"))
+        .when(first.isNull() | second.isNull(), True)
+        .when(first & second, exact)
+        .otherwise(False)
+    )
+
+
+def _probe_values(element: T.DataType | None) -> tuple[object, object] | None:
+    """Two distinct values of ``element``, rarely both in one array; None: no fast path."""
+    bits = _INT_RANGES.get(type(element))
+    if bits is not None:
+        return -(1 << bits - 1), (1 << bits - 1) - 1
+    if isinstance(element, T.FloatType | T.DoubleType):
+        return float("nan"), float("-inf")
+    return None
 
 
 def _count_where(predicate: Column) -> Column:
     return F.sum(F.when(predicate, 1).otherwise(0))
 
 
-def _any_bad(plans: list[ColumnPlan], counts: NullCounts) -> Column:
+def _any_bad(
+    plans: list[ColumnPlan], counts: NullCounts, types: Mapping[str, T.DataType]
+) -> Column:
     predicates = []
     for plan in plans:
-        missing, holes = _predicates(plan)
+        missing, holes = _predicates(plan, types.get(plan.name))
         if missing is not None and counts.missing.get(plan.name):
             predicates.append(F.coalesce(missing, F.lit(True)))
         if holes is not None and counts.null_elements.get(plan.name):
