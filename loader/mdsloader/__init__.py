@@ -26,6 +26,7 @@ _LAZY = {
     "StreamingDataset": "mdsloader.dataset",
     "Stream": "mdsloader.stream",
     "StreamingDataLoader": "mdsloader.dataloader",
+    "fast_collate": "mdsloader.collate",
 }
 
 __all__ = ["MDSError", "__version__", "errors", *_LAZY]
