@@ -7,6 +7,8 @@ Every process of a node (all ranks, all DataLoader workers) shares the files und
   Downloads and decompressions write ``<name>.<pid>.<random>.part`` files and ``os.replace`` them
   into place only when complete and validated, so a process killed mid-download leaves at most a
   ``.part`` file that nothing trusts (it is deleted by the next process that prepares the shard).
+  A zstd shard is decompressed while it downloads (the compressed bytes stream through the hash
+  and the decompressor into the raw ``.part`` file), so it costs one pass and a few MiB of memory.
 * **One preparer per shard.** Preparing takes an exclusive ``flock`` on the shard's lock file; the
   kernel drops it if the holder dies, so a crash never blocks a later run. A process that finds the
   lock held waits on it and then sees the finished file: each shard is downloaded once per node.
@@ -184,6 +186,8 @@ class ShardCache:
             return
         if not zipped.exists():
             _remove_parts(zipped)
+            if self._stream_decompressed(shard_id, stream):
+                return
             self._fetch(shard_id, stream, shard.zip_data, zipped)
         self._decompress(shard, zipped, raw)
         if not stream.keep_zip_files:
@@ -208,6 +212,50 @@ class ShardCache:
                 if path is not None:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
+
+    def _stream_decompressed(self, shard_id: int, stream: Stream) -> bool:
+        """Download a compressed shard straight into its raw file, decompressing on the fly.
+
+        The compressed bytes go from the socket through the hash (when validating) and the
+        streaming decompressor into the raw ``.part`` file, and into the zip's ``.part`` file only
+        when zips are kept: nothing holds a whole shard in memory and no compressed copy is
+        written and read back. Both files are fsynced and renamed into place only once the
+        digest and the decompressed size match the index, the zip first so that a present raw
+        file always comes with its kept zip.
+
+        Returns:
+            False (nothing done) when the codec cannot stream; the caller then downloads the
+            zip and decompresses it whole.
+        """
+        from mdsloader.mds.compression import get_codec
+
+        shard = self.shards[shard_id]
+        codec = get_codec(shard.compression)
+        if codec is None or not codec.can_stream:
+            return False
+        if not stream.has_remote:
+            raise ObjectNotFoundError(
+                f"shard file {self._zip[shard_id]} is missing and stream {stream.local_root} "
+                "has no remote"
+            )
+        raw, zipped = self._raw[shard_id], self._zip[shard_id]
+        keep = zipped if stream.keep_zip_files else None
+        marker = self._make_room(shard_id)
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        zip_part = None if keep is None else _part_path(keep)
+        sink = _ShardSink(shard, codec, _part_path(raw), zip_part, stream.validate_hash)
+        try:
+            stream.storage.stream_to(shard.zip_data.basename, sink)
+            sink.finish()
+            if keep is not None and sink.zip_part is not None:
+                os.replace(sink.zip_part, keep)
+            os.replace(sink.raw_part, raw)
+        finally:
+            sink.discard()
+            if marker is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    marker.unlink()
+        return True
 
     @staticmethod
     def _decompress(shard: Any, zipped: Path, raw: Path) -> None:
@@ -321,6 +369,102 @@ class ShardCache:
         return freed
 
 
+class _ShardSink:
+    """Receives a compressed shard as it downloads and writes its ``.part`` files.
+
+    Implements :class:`~mdsloader.storage.base.ByteSink`: every attempt of the download starts
+    with :meth:`restart`, which empties the files and starts a fresh decompressor and digest.
+
+    Args:
+        shard: The shard's index entry (``ShardInfo``): names, sizes and digests.
+        codec: The shard's codec (one that can stream).
+        raw_part: Where the decompressed bytes go.
+        zip_part: Where the compressed bytes go, or None when zips are not kept.
+        algo: The hash algorithm to validate the compressed bytes with, or None.
+    """
+
+    def __init__(
+        self, shard: Any, codec: Any, raw_part: Path, zip_part: Path | None, algo: str | None
+    ) -> None:
+        self.shard, self.codec, self.algo = shard, codec, algo
+        self.raw_part, self.zip_part = raw_part, zip_part
+        self._raw = open(raw_part, "xb")  # noqa: SIM115 - closed by discard()
+        self._zip = None if zip_part is None else open(zip_part, "xb")  # noqa: SIM115
+        self._decompressor: Any = None
+        self._digest: Any = None
+        self._error: CompressionError | None = None
+
+    def restart(self) -> None:
+        """Forget a failed attempt's bytes."""
+        from mdsloader.mds.hashing import Digester
+
+        for handle in (self._raw, self._zip):
+            if handle is not None:
+                handle.seek(0)
+                handle.truncate()
+        self._decompressor = self.codec.stream_decompressor(self._raw)
+        self._digest = Digester([self.algo]) if self.algo else None
+        self._error = None
+
+    def write(self, data: bytes) -> None:
+        """Hash, keep and decompress the next piece of the compressed shard."""
+        if self._digest is not None:
+            self._digest.update(data)
+        if self._zip is not None:
+            self._zip.write(data)
+        if self._error is None:
+            try:
+                self._decompressor.write(data)
+            except CompressionError as exc:
+                if self._digest is None:
+                    raise self._named(exc) from exc
+                # Keep hashing: a digest mismatch explains corrupt data better, and the old
+                # download-then-decompress order reported it first.
+                self._error = exc
+
+    def finish(self) -> None:
+        """Check the complete download against the index and make both files durable.
+
+        Raises:
+            ChecksumError: The compressed bytes do not match the index digest.
+            CompressionError: They are not valid data for the codec.
+            ShardFormatError: They decompress to a size other than the index's.
+        """
+        shard = self.shard
+        if self._error is None:
+            try:
+                self._decompressor.flush()
+            except CompressionError as exc:
+                self._error = exc
+        if self.algo and self._digest is not None:
+            _check_digest(shard.zip_data, self.algo, self._digest.hexdigests()[self.algo])
+        if self._error is not None:
+            raise self._named(self._error) from self._error
+        size = self._raw.tell()
+        if size != shard.raw_data.bytes:
+            raise ShardFormatError(
+                f"shard file {shard.zip_data.basename!r} decompresses to {size} bytes, the "
+                f"index says {shard.raw_data.bytes}"
+            )
+        # Presence of the final name is trusted after a crash: the data must be on disk first.
+        for handle in (self._zip, self._raw):
+            if handle is not None:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def _named(self, exc: CompressionError) -> CompressionError:
+        return CompressionError(f"shard file {self.shard.zip_data.basename!r}: {exc}")
+
+    def discard(self) -> None:
+        """Close the files and delete whichever ``.part`` file was not renamed into place."""
+        for handle, path in ((self._raw, self.raw_part), (self._zip, self.zip_part)):
+            if handle is not None:
+                handle.close()
+            if path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
 def _decompress_file(codec: Any, source: Path, target: Path) -> None:
     """Decompress a whole shard file; zstd streams in constant memory (several downloads may be
     decompressing at once), other codecs go through the format package in one piece."""
@@ -340,15 +484,19 @@ def _decompress_file(codec: Any, source: Path, target: Path) -> None:
 def _validate(path: Path, info: Any, algo: str) -> None:
     from mdsloader.mds.hashing import hexdigest
 
-    expected = info.hashes.get(algo)
-    if expected is None:
-        raise HashError(f"shard file {info.basename!r} records no {algo!r} digest")
     with open(path, "rb") as handle:
         if os.fstat(handle.fileno()).st_size == 0:
             actual = hexdigest(algo, b"")
         else:  # hash the page cache, not a heap copy of the whole file
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 actual = hexdigest(algo, data)
+    _check_digest(info, algo, actual)
+
+
+def _check_digest(info: Any, algo: str, actual: str) -> None:
+    expected = info.hashes.get(algo)
+    if expected is None:
+        raise HashError(f"shard file {info.basename!r} records no {algo!r} digest")
     if actual != expected:
         raise ChecksumError(
             f"checksum failure for shard file {info.basename!r}: {algo} is {actual}, "

@@ -14,7 +14,14 @@ from conftest import write_dataset
 
 from mdsloader.cache import ShardCache
 from mdsloader.catalog import load_catalog
-from mdsloader.errors import ChecksumError, HashError, ObjectNotFoundError, UnsafeTypeError
+from mdsloader.errors import (
+    ChecksumError,
+    CompressionError,
+    HashError,
+    ObjectNotFoundError,
+    ShardFormatError,
+    UnsafeTypeError,
+)
 from mdsloader.stream import Stream
 
 
@@ -182,3 +189,91 @@ def test_index_json_is_untouched_when_unchanged(tmp_path: Path):
     make_cache(remote, local)
     assert (local / "index.json").stat().st_mtime_ns == before
     assert json.loads((local / "index.json").read_text())["version"] == 2
+
+
+# ---- compressed shards stream from the remote straight into the raw file ---------------------
+
+
+def _no_zip_download(monkeypatch) -> None:
+    from mdsloader.storage.local import LocalStorage
+
+    def refuse(self, relpath: str, local_path: str) -> None:
+        raise AssertionError(f"{relpath} was downloaded whole instead of streamed")
+
+    monkeypatch.setattr(LocalStorage, "download_file", refuse)
+
+
+@pytest.mark.parametrize("keep_zip", [False, True])
+def test_a_zstd_shard_is_decompressed_while_it_downloads(tmp_path: Path, monkeypatch, keep_zip):
+    import zstandard
+
+    remote = write_dataset(tmp_path / "remote", [6, 7], compression="zstd", hashes=["xxh64"])
+    _no_zip_download(monkeypatch)
+    cache = make_cache(remote, tmp_path / "local", validate_hash="xxh64", keep_zip=keep_zip)
+    raw = cache.ensure(1)
+    remote_zip = (remote / "p0001" / "shard.00000.mds.zstd").read_bytes()
+    assert raw.read_bytes() == zstandard.ZstdDecompressor().decompress(remote_zip)
+    local_zip = raw.with_name("shard.00000.mds.zstd")
+    assert local_zip.exists() == keep_zip
+    if keep_zip:
+        assert local_zip.read_bytes() == remote_zip
+    assert not list((tmp_path / "local").rglob("*.part"))
+
+
+class _FlakyStorage:
+    """Wraps a storage; the first stream attempt delivers garbage, then restarts for real."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.attempts = inner, 0
+
+    def stream_to(self, relpath: str, sink, *, chunk_size: int = 1 << 20) -> int:
+        self.attempts += 1
+        sink.restart()
+        sink.write(self.inner.read_bytes(relpath)[:40] + b"\x00garbage")
+        return self.inner.stream_to(relpath, sink, chunk_size=chunk_size)
+
+
+def test_a_retried_stream_starts_the_shard_over(tmp_path: Path):
+    remote = write_dataset(tmp_path / "remote", [9], compression="zstd", hashes=["sha256"])
+    cache = make_cache(remote, tmp_path / "local", validate_hash="sha256", keep_zip=True)
+    stream = cache.streams[0]
+    stream._storage = flaky = _FlakyStorage(stream.storage)
+    raw = cache.ensure(0)
+    assert flaky.attempts == 1
+    # The digest, the decompressor and both files forgot the first attempt's bytes.
+    assert raw.stat().st_size == cache.shards[0].raw_data.bytes
+    zipped = raw.with_name("shard.00000.mds.zstd")
+    assert zipped.read_bytes() == (remote / "p0000" / "shard.00000.mds.zstd").read_bytes()
+
+
+def _corrupt(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def test_invalid_zstd_is_a_compression_error_and_leaves_nothing(tmp_path: Path):
+    remote = write_dataset(tmp_path / "remote", [4], compression="zstd", hashes=["xxh64"])
+    _corrupt(remote / "p0000" / "shard.00000.mds.zstd", b"this is not zstd" * 100)
+    cache = make_cache(remote, tmp_path / "local")
+    with pytest.raises(CompressionError, match=r"p0000/shard\.00000\.mds\.zstd"):
+        cache.ensure(0)
+    assert not cache.is_local(0)
+    assert not list((tmp_path / "local" / "p0000").iterdir())
+
+
+def test_invalid_zstd_under_validate_hash_reports_the_checksum(tmp_path: Path):
+    remote = write_dataset(tmp_path / "remote", [4], compression="zstd", hashes=["xxh64"])
+    _corrupt(remote / "p0000" / "shard.00000.mds.zstd", b"this is not zstd" * 100)
+    cache = make_cache(remote, tmp_path / "local", validate_hash="xxh64")
+    with pytest.raises(ChecksumError, match=r"p0000/shard\.00000\.mds\.zstd"):
+        cache.ensure(0)
+    assert not list((tmp_path / "local").rglob("shard.*"))
+
+
+def test_a_truncated_zstd_shard_is_a_size_error(tmp_path: Path):
+    remote = write_dataset(tmp_path / "remote", [50], compression="zstd")
+    victim = remote / "p0000" / "shard.00000.mds.zstd"
+    _corrupt(victim, victim.read_bytes()[:-20])
+    cache = make_cache(remote, tmp_path / "local")
+    with pytest.raises(ShardFormatError, match="decompresses to"):
+        cache.ensure(0)
+    assert not list((tmp_path / "local").rglob("shard.*"))

@@ -53,3 +53,36 @@ def test_a_changed_remote_index_replaces_the_cached_dataset(s3_bucket, tmp_path:
     upload(s3_bucket, write_dataset(tmp_path / "v2", [4, 4, 4], start=500, hashes=["xxh64"]), "ds")
     second = StreamingDataset(remote=remote, local=local, batch_size=2)
     assert sorted(int(s["id"]) for s in second) == list(range(500, 512))
+
+
+def _ensure_peak(remote: str, local: str, queue) -> None:  # pragma: no cover - spawned child
+    import tracemalloc
+
+    ds = StreamingDataset(remote=remote, local=local, batch_size=1, validate_hash="xxh64")
+    tracemalloc.start()
+    path = ds.cache.ensure(0)
+    queue.put((str(path), tracemalloc.get_traced_memory()[1]))
+
+
+def test_a_large_shard_downloads_in_bounded_memory(s3_bucket, tmp_path: Path):
+    import multiprocessing
+
+    import zstandard
+
+    # 24 incompressible MiB: a whole-shard read, or a compressed copy in memory, would show.
+    data = write_dataset(
+        tmp_path / "data", [24], compression="zstd", hashes=["xxh64"], payload=1 << 20
+    )
+    remote = upload(s3_bucket, data, "big")
+    ctx = multiprocessing.get_context("spawn")  # the S3 server's buffers stay in this process
+    queue = ctx.Queue()
+    child = ctx.Process(target=_ensure_peak, args=(remote, str(tmp_path / "cache"), queue))
+    child.start()
+    path, peak = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    zipped = (data / "p0000" / "shard.00000.mds.zstd").read_bytes()
+    assert len(zipped) > 24 << 20
+    assert Path(path).read_bytes() == zstandard.ZstdDecompressor().decompress(zipped)
+    # ~3 MiB: a piece off the socket, its copy, and a piece of output (the old s3transfer path: 11).
+    assert peak < 4.5 * (1 << 20), f"peak Python allocations {peak / (1 << 20):.1f} MiB"

@@ -137,3 +137,29 @@ class QuietServer(ThreadingHTTPServer):
 
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that timed out and hung up is expected in these tests
+
+
+class RecordingSink:
+    """A ``ByteSink`` that keeps what the current attempt delivered and counts restarts.
+
+    Args:
+        fail_after: Raise ``OSError`` (as a full disk would) once this many bytes have arrived.
+    """
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.pieces: list[bytes] = []
+        self.restarts = 0
+        self.fail_after = fail_after
+
+    def restart(self) -> None:
+        self.pieces = []
+        self.restarts += 1
+
+    def write(self, data: bytes) -> None:
+        self.pieces.append(bytes(data))
+        if self.fail_after is not None and len(self.data) >= self.fail_after:
+            raise OSError(28, "No space left on device (injected)")
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.pieces)

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from storage_helpers import RecordingSink
 
 from mdsloader.errors import AccessDeniedError, ObjectNotFoundError, StorageError
 from mdsloader.storage import LocalStorage, Storage, open_storage, upload_many
@@ -235,3 +236,24 @@ def test_works_when_the_root_was_removed_meanwhile(store: LocalStorage) -> None:
     assert not store.exists("a/b")
     store.write_bytes("a/b", b"y")  # recreates the directories
     assert store.read_bytes("a/b") == b"y"
+
+
+def test_stream_to_delivers_the_file_in_pieces(store: LocalStorage) -> None:
+    data = bytes(range(256)) * 1000
+    store.write_bytes("d/shard.bin", data)
+    sink = RecordingSink()
+    assert store.stream_to("d/shard.bin", sink, chunk_size=10_000) == len(data)
+    assert sink.data == data and sink.restarts == 1
+    assert max(len(piece) for piece in sink.pieces) == 10_000
+    with pytest.raises(ValueError, match="chunk_size"):
+        store.stream_to("d/shard.bin", RecordingSink(), chunk_size=0)
+
+
+def test_stream_to_maps_the_source_errors_but_not_the_sink_s(store: LocalStorage) -> None:
+    with pytest.raises(ObjectNotFoundError, match="nope"):
+        store.stream_to("nope", RecordingSink())
+    store.write_bytes("a.bin", bytes(50_000))
+    # A full disk on the receiving side is the sink's error, not a missing or unreadable source.
+    with pytest.raises(OSError, match="No space left") as info:
+        store.stream_to("a.bin", RecordingSink(fail_after=1), chunk_size=1000)
+    assert not isinstance(info.value, StorageError)

@@ -7,11 +7,12 @@ import multiprocessing
 import os
 import pickle
 import threading
+import tracemalloc
 from pathlib import Path
 
 import boto3
 import pytest
-from storage_helpers import fast_options
+from storage_helpers import RecordingSink, fast_options
 
 from mdsloader.errors import ObjectNotFoundError
 from mdsloader.storage import S3Storage, Storage, open_storage, upload_many
@@ -246,3 +247,64 @@ def test_keys_with_special_characters_round_trip(s3: S3Storage) -> None:
     assert s3.list() == names  # ListObjectsV2 url-encodes keys; they must come back decoded
     assert [s3.read_bytes(name) for name in names] == [name.encode() for name in names]
     assert s3.delete_prefix("") == len(names)
+
+
+def test_stream_to_delivers_the_object_in_bounded_pieces(s3: S3Storage) -> None:
+    data = _payload(3 * MIB + 7)
+    s3.write_bytes("big.bin", data)
+    sink = RecordingSink()
+    assert s3.stream_to("big.bin", sink, chunk_size=MIB) == len(data)
+    assert sink.data == data
+    assert max(len(piece) for piece in sink.pieces) <= MIB
+    assert len(sink.pieces) >= 4
+    assert sink.restarts == 1
+    empty = RecordingSink()
+    s3.write_bytes("empty.bin", b"")
+    assert s3.stream_to("empty.bin", empty) == 0 and empty.data == b"" and empty.restarts == 1
+
+
+class _CountingSink:
+    def __init__(self) -> None:
+        self.total = 0
+
+    def restart(self) -> None:
+        self.total = 0
+
+    def write(self, data: bytes) -> None:
+        self.total += len(data)
+
+
+def _peak_allocations(storage: S3Storage, relpath: str, whole: bool, queue) -> None:
+    # Runs in a spawned interpreter, so that the S3 server's own buffers (it lives in the test
+    # process) are not counted: only the client's Python allocations are traced.
+    storage.size(relpath)  # the client and its connection exist before measuring
+    sink = _CountingSink()
+    tracemalloc.start()
+    if whole:
+        sink.write(storage.read_bytes(relpath))
+    else:
+        storage.stream_to(relpath, sink, chunk_size=MIB)
+    queue.put((sink.total, tracemalloc.get_traced_memory()[1]))
+
+
+def test_stream_to_holds_a_piece_not_the_whole_object(s3: S3Storage) -> None:
+    size = 24 * MIB
+    s3.write_bytes("huge.bin", os.urandom(size))
+    ctx = multiprocessing.get_context("spawn")
+    peaks = {}
+    for whole in (True, False):
+        queue = ctx.Queue()
+        child = ctx.Process(target=_peak_allocations, args=(s3, "huge.bin", whole, queue))
+        child.start()
+        delivered, peaks[whole] = queue.get(timeout=60)
+        child.join(timeout=60)
+        assert child.exitcode == 0 and delivered == size
+    assert peaks[True] >= size  # the measurement does see a whole-object read...
+    assert peaks[False] < 4 * MIB  # ...and streaming never holds more than a few pieces
+
+
+def test_stream_to_reports_a_missing_object(s3: S3Storage) -> None:
+    sink = RecordingSink()
+    with pytest.raises(ObjectNotFoundError, match=r"nope\.bin"):
+        s3.stream_to("nope.bin", sink)
+    assert sink.data == b""

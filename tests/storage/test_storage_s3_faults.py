@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from storage_helpers import Fault, FaultProxy, fast_options
+from storage_helpers import Fault, FaultProxy, RecordingSink, fast_options
 
 from mdsloader.errors import (
     AccessDeniedError,
@@ -181,3 +181,33 @@ def test_a_permanent_per_key_delete_failure_is_reported(
         store.delete_prefix("job/")
     assert not isinstance(info.value, StorageUnavailableError)
     assert sum(_is_delete(m, p) for m, p in fault_proxy.requests) == 1
+
+
+def test_a_body_torn_mid_stream_restarts_the_sink(fault_proxy: FaultProxy, s3_bucket: str):
+    store = _through(fault_proxy, s3_bucket, retries=2)
+    data = bytes(range(256)) * 4096  # 1 MiB: the cut lands after several pieces
+    store.write_bytes("a.bin", data)
+    fault_proxy.inject(Fault("truncate"))
+    sink = RecordingSink()
+    assert store.stream_to("a.bin", sink, chunk_size=64 << 10) == len(data)
+    assert sink.data == data  # nothing of the torn attempt survives the restart
+    assert sink.restarts == 2
+    assert [m for m, _ in fault_proxy.requests] == ["PUT", "GET", "GET"]  # no HEAD either
+
+
+def test_a_failing_sink_is_not_retried(fault_proxy: FaultProxy, s3_bucket: str) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=3)
+    store.write_bytes("a.bin", bytes(300_000))
+    with pytest.raises(OSError, match="No space left"):
+        store.stream_to("a.bin", RecordingSink(fail_after=100_000), chunk_size=64 << 10)
+    assert [m for m, _ in fault_proxy.requests] == ["PUT", "GET"]
+
+
+def test_a_stream_that_keeps_failing_is_unavailable(fault_proxy: FaultProxy, s3_bucket: str):
+    store = _through(fault_proxy, s3_bucket, retries=1)
+    store.write_bytes("a.bin", bytes(300_000))
+    fault_proxy.inject(Fault("truncate"), Fault("truncate"))
+    sink = RecordingSink()
+    with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
+        store.stream_to("a.bin", sink)
+    assert sink.restarts == 2

@@ -20,7 +20,7 @@ import zstandard
 
 from mdsloader.errors import CompressionError, MissingExtraError
 
-__all__ = ["Codec", "compression_names", "get_codec"]
+__all__ = ["Codec", "StreamDecompressor", "compression_names", "get_codec"]
 
 # family -> (valid levels, default level or None for codecs without levels)
 _FAMILIES: dict[str, tuple[range, int | None]] = {
@@ -130,6 +130,22 @@ class Codec:
         except Exception as exc:  # brotli.error and snappy's errors share no base class
             raise CompressionError(f"corrupt {self.family} data: {exc}") from exc
 
+    @property
+    def can_stream(self) -> bool:
+        """Whether :meth:`stream_decompressor` is available (zstd only, for now)."""
+        return self.family == "zstd"
+
+    def stream_decompressor(self, target: Any) -> StreamDecompressor:
+        """A decompressor that takes compressed pieces and writes the output to ``target``.
+
+        Raises:
+            ValueError: The family cannot stream (see :attr:`can_stream`); decompress such
+                shards whole with :meth:`decompress`.
+        """
+        if not self.can_stream:
+            raise ValueError(f"{self.family} shards cannot be decompressed incrementally")
+        return StreamDecompressor(target)
+
     def _decompress(self, data: bytes | memoryview) -> bytes:
         if self.family == "zstd":
             # decompressobj also accepts frames without a content size and multi-frame input.
@@ -142,6 +158,47 @@ class Codec:
         if self.family == "br":
             return _optional("brotli").decompress(bytes(data))
         return _optional("snappy").decompress(bytes(data))
+
+
+class StreamDecompressor:
+    """Decompresses zstd data fed piece by piece (any split, several frames) into a file.
+
+    Output reaches ``target.write`` in pieces of at most ``write_size`` bytes whatever the
+    compression ratio, so memory stays bounded even for a shard of zeros. The result is the same
+    bytes as :meth:`Codec.decompress` of the concatenated input.
+
+    Args:
+        target: Anything with ``write(bytes)``, typically a file opened ``"wb"``.
+        write_size: The largest piece handed to ``target.write``.
+    """
+
+    def __init__(self, target: Any, *, write_size: int = 1 << 20) -> None:
+        """Start decompressing into ``target``."""
+        self._writer = zstandard.ZstdDecompressor().stream_writer(
+            target, write_size=write_size, closefd=False
+        )
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Decompress the next piece.
+
+        Raises:
+            CompressionError: The data is not valid zstd.
+        """
+        try:
+            self._writer.write(data)
+        except zstandard.ZstdError as exc:
+            raise CompressionError(f"corrupt zstd data: {exc}") from exc
+
+    def flush(self) -> None:
+        """Write out any output still buffered.
+
+        A stream cut short is not an error here (zstd cannot tell it from a pause): callers
+        check the total size they expected.
+        """
+        try:
+            self._writer.flush()
+        except zstandard.ZstdError as exc:
+            raise CompressionError(f"corrupt zstd data: {exc}") from exc
 
 
 def compression_names() -> list[str]:

@@ -10,6 +10,23 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
+# Pieces in which stream_to hands an object over: large enough that per-piece overhead (one
+# Python call, one write syscall) is noise, small enough that several streams in flight hold
+# only a few MiB between them.
+STREAM_CHUNK = 1 << 20
+
+
+class ByteSink(Protocol):
+    """Where :meth:`Storage.stream_to` delivers an object's bytes."""
+
+    def restart(self) -> None:
+        """Forget everything written so far: called before each attempt (retries start over)."""
+        ...
+
+    def write(self, data: bytes, /) -> object:
+        """Take the next piece of the object, in order."""
+        ...
+
 
 @runtime_checkable
 class Storage(Protocol):
@@ -48,6 +65,18 @@ class Storage(Protocol):
 
     def download_file(self, relpath: str, local_path: str) -> None:
         """Copy an object to a local file via a temporary file and a rename."""
+        ...
+
+    def stream_to(self, relpath: str, sink: ByteSink, *, chunk_size: int = STREAM_CHUNK) -> int:
+        """Feed an object's bytes to ``sink.write`` in order, in pieces of at most ``chunk_size``.
+
+        The whole object is never held in memory. ``sink.restart()`` is called before every
+        attempt, so a retry after a failure mid-object starts the sink over. Errors raised by the
+        sink propagate unchanged and are not retried.
+
+        Returns:
+            The number of bytes delivered by the attempt that succeeded.
+        """
         ...
 
     def exists(self, relpath: str) -> bool:

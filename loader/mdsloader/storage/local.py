@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mdsloader.errors import AccessDeniedError, ObjectNotFoundError, StorageError
-from mdsloader.storage.base import clean_prefix, clean_relpath
+from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix, clean_relpath
 
 _TMP_MARK = ".~mds-"
 _TMP_NAME = re.compile(r"^\..*\.~mds-[0-9a-f]{32}\.tmp$")
@@ -84,6 +84,25 @@ class LocalStorage:
     def download_file(self, relpath: str, local_path: str) -> None:
         """Atomically copy ``relpath`` to ``local_path`` (temporary file, then rename)."""
         _atomic_copy(self.child_url(relpath), os.path.abspath(os.fspath(local_path)))
+
+    def stream_to(self, relpath: str, sink: ByteSink, *, chunk_size: int = STREAM_CHUNK) -> int:
+        """Feed the file to ``sink`` in ``chunk_size`` pieces (one attempt: disks do not retry)."""
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        path = self.child_url(relpath)
+        with map_os_errors(path):
+            source = open(path, "rb")  # noqa: SIM115 - closed below; only the open is mapped
+        delivered = 0
+        with source:
+            sink.restart()
+            while True:
+                # The sink's own OSErrors (a full disk) must not read as this file's errors.
+                with map_os_errors(path):
+                    chunk = source.read(chunk_size)
+                if not chunk:
+                    return delivered
+                sink.write(chunk)
+                delivered += len(chunk)
 
     def exists(self, relpath: str) -> bool:
         """Whether ``relpath`` is an existing file."""

@@ -26,7 +26,13 @@ from mdsloader.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from mdsloader.storage.base import clean_prefix, clean_relpath, join_relpath
+from mdsloader.storage.base import (
+    STREAM_CHUNK,
+    ByteSink,
+    clean_prefix,
+    clean_relpath,
+    join_relpath,
+)
 from mdsloader.storage.local import atomic_write, map_os_errors
 from mdsloader.storage.retry import RetryPolicy, retry_call
 
@@ -247,6 +253,32 @@ class S3Storage:
 
         with map_os_errors(dest):
             atomic_write(dest, fill)
+
+    def stream_to(self, relpath: str, sink: ByteSink, *, chunk_size: int = STREAM_CHUNK) -> int:
+        """Feed the object to ``sink`` from one plain GET per attempt (no HEAD, no s3transfer).
+
+        The response body is read straight off the socket in ``chunk_size`` pieces, so memory
+        stays at about one piece per stream whatever the object's size. A failure mid-body
+        (reset connection, read timeout, short body) is retried from the start, after
+        ``sink.restart()``; the sink's own errors are not retried.
+        """
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        key = self._key(relpath)
+
+        def attempt(client: Any) -> int:
+            sink.restart()
+            resp = client.get_object(**self._loc(key))
+            delivered = 0
+            # Closing a body that was not read to the end drops its connection instead of
+            # returning a half-read socket to the pool.
+            with contextlib.closing(resp["Body"]) as body:
+                for chunk in body.iter_chunks(chunk_size):
+                    sink.write(chunk)
+                    delivered += len(chunk)
+            return delivered
+
+        return self._call("stream", key, attempt)
 
     def exists(self, relpath: str) -> bool:
         """Whether the object exists (one HEAD; a missing bucket also reads as ``False``)."""
