@@ -126,16 +126,17 @@ def _scalars(values: Sequence[Any], dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def _stack_arrays(values: Sequence[np.ndarray]) -> torch.Tensor | Any:
+def _stack_arrays(values: Sequence[np.ndarray]) -> Any:
     """Same-shaped, same-dtype, plainly strided ndarrays -> one stacked tensor; else default."""
     elem = values[0]
     dtype = _ARRAY_DTYPES.get(elem.dtype)
-    # The fast path takes one layout only: C-contiguous with non-negative strides, which is what
-    # torch.as_tensor accepts and what makes torch.stack's result plainly contiguous.
+    # The fast path takes one layout only: C-contiguous with strides that are non-negative
+    # multiples of the item size (numpy lets a length-1 axis have any stride; torch.as_tensor
+    # rejects the odd ones), which is what makes torch.stack's result plainly contiguous.
     if (
         dtype is None
         or not elem.flags.c_contiguous
-        or min(elem.strides, default=0) < 0
+        or any(stride < 0 or stride % elem.itemsize for stride in elem.strides)
         or len(set(map(type, values))) != 1
         or len(set(map(_layout, values))) != 1
     ):

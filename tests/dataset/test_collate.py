@@ -25,7 +25,9 @@ SCALAR_TYPES = [
     np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
     np.float16, np.float32, np.float64, np.bool_,
 ]  # fmt: skip
-ARRAY_SHAPES = [(), (0,), (5,), (2, 3), (3, 1, 1), (1, 1, 3), (2, 3, 4), (2, 1, 3, 1)]
+ARRAY_SHAPES = [
+    (), (0,), (5,), (2, 3), (3, 0), (0, 2), (3, 1, 1), (1, 1, 3), (2, 3, 4), (2, 1, 3, 1),
+]  # fmt: skip
 
 
 @pytest.fixture(params=[False, True], ids=["main", "worker"])
@@ -186,6 +188,13 @@ def _non_contiguous(i: int) -> np.ndarray:
     return np.arange(12, dtype=np.float64).reshape(3, 4).T + i
 
 
+def _odd_strides() -> np.ndarray:
+    """C-contiguous for numpy (length-1 axes do not count), rejected by torch.as_tensor."""
+    view = np.lib.stride_tricks.as_strided(np.arange(8, dtype=np.float32), (3, 1), (4, 3))
+    assert view.flags.c_contiguous
+    return view
+
+
 FALLBACK_RESULTS: dict[str, Callable[[int], Any]] = {
     "nested dict": lambda i: {"outer": {"inner": np.int64(i), "s": "x"}},
     "nested list": lambda i: {"x": [np.int32(i), np.int32(i + 1)]},
@@ -218,6 +227,7 @@ FALLBACK_ERRORS: dict[str, Callable[[int], Any]] = {
     "object array": lambda i: {"x": np.array([i, "a"], dtype=object)},
     "str array": lambda i: {"x": np.array(["a", "b"])},
     "negative strides": lambda i: {"x": np.arange(4)[::-1]},
+    "odd stride on a length-1 axis": lambda i: {"x": _odd_strides()},
     "uint64 scalars": lambda i: {"x": np.uint64(i)},
     "int overflow": lambda i: {"x": 2**63 + i},
     "missing key": lambda i: {"a": np.int64(i)} if i == 0 else {"b": np.int64(i)},
