@@ -10,8 +10,9 @@ How the pieces fit (each in its own module):
 * :mod:`mdsloader.state` resolves the epoch and the resume offset without shared memory (its module
   docstring explains how the epoch counter survives non-persistent DataLoader workers).
 
-The iteration loop itself only walks precomputed runs of same-shard samples and decodes each
-sample from an mmapped shard, so there is no per-sample bookkeeping beyond the decode.
+The iteration loop works on stretches ("segments") of up to a few thousand samples whose shards
+are all open: readiness, prefetch, LRU stamps and the byte range of every sample are settled for
+the whole segment with numpy, and the per-sample loop is only ``decode(mmap[begin:end])``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,7 +32,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mdsloader.cache import ShardCache, parse_bytes
 from mdsloader.catalog import Catalog, load_catalog
-from mdsloader.download import Prefetcher, RunPlan, plan_runs
+from mdsloader.download import Lookahead, Prefetcher, SamplePlan, plan_samples
 from mdsloader.options import validate_order_options
 from mdsloader.order import EpochPlanner
 from mdsloader.shardview import ShardView
@@ -43,7 +44,10 @@ _OPEN_READERS = 64  # mmaps cost address space only
 _TOUCH_EVERY = 5.0  # seconds between LRU stamps of a shard being read
 _READ_RETRIES = 3
 _HEAD = 4096  # samples planned before the first one is yielded
-_CHUNK = 8192  # in-shard indices converted to Python ints at a time
+# Samples settled at a time: the first segment is small, so the first sample comes quickly;
+# later ones grow to _SEGMENT, which makes the per-segment numpy work a few ns per sample.
+_FIRST_SEGMENT = 256
+_SEGMENT = 8192
 
 
 class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
@@ -151,6 +155,8 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
     def _init_runtime(self) -> None:
         """Per-process state that never travels into DataLoader workers."""
         self._readers: OrderedDict[int, ShardView] = OrderedDict()
+        # _is_open[shard] == (shard in _readers), for the loop's vectorised readiness checks.
+        self._is_open = np.zeros(len(self._catalog.shards), dtype=bool)
         self._touched: dict[int, float] = {}
         self._prefetcher = Prefetcher(self.cache.ensure, threads=min(8, max(2, self.num_shards)))
         ends = self._catalog.shard_ends
@@ -159,8 +165,8 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_readers", "_prefetcher", "_finalizer", "_touched", "_shard_ends_list",
-                    "_shard_starts_list"):  # fmt: skip
+        for key in ("_readers", "_is_open", "_prefetcher", "_finalizer", "_touched",
+                    "_shard_ends_list", "_shard_starts_list"):  # fmt: skip
             state.pop(key, None)
         return state
 
@@ -241,8 +247,10 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
                     raise
                 path = self.cache.ensure(shard)
         self._readers[shard] = reader
+        self._is_open[shard] = True
         while len(self._readers) > _OPEN_READERS:
-            _, old = self._readers.popitem(last=False)
+            closed, old = self._readers.popitem(last=False)
+            self._is_open[closed] = False
             _close(old)
         return reader
 
@@ -341,38 +349,98 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         return self._iter_ids(ids)
 
     def _iter_ids(self, ids: NDArray[np.int64]) -> Iterator[dict[str, Any]]:
+        # The per-sample loop: everything else is settled once per segment (see _segments).
+        segments = self._segments(ids)
+        try:
+            for decode, data, begins, ends in segments:
+                if type(data) is not list:  # one shard
+                    for begin, end in zip(begins, ends):
+                        yield decode(data[begin:end])
+                elif type(decode) is not list:  # several shards of one layout
+                    for buffer, begin, end in zip(data, begins, ends):
+                        yield decode(buffer[begin:end])
+                else:  # streams of different layouts
+                    for dec, buffer, begin, end in zip(decode, data, begins, ends):
+                        yield dec(buffer[begin:end])
+        finally:
+            segments.close()
+
+    def _segments(self, ids: NDArray[np.int64]) -> Iterator[_Segment]:
+        """The segments of a worker's sample sequence, shards opened (and waited for) as needed."""
         # Plan a short head first so the first sample does not wait for the whole epoch's plan
         # (0.5 s at 10M samples); the rest is planned on a thread meanwhile (numpy drops the GIL).
         ends = self._catalog.shard_ends
-        rest = self._prefetcher.call(plan_runs, ids[_HEAD:], ends) if len(ids) > _HEAD else None
-        yield from self._decode_plan(plan_runs(ids[:_HEAD], ends))
+        rest = self._prefetcher.call(plan_samples, ids[_HEAD:], ends) if len(ids) > _HEAD else None
+        yield from self._plan_segments(plan_samples(ids[:_HEAD], ends), _FIRST_SEGMENT)
         if rest is not None:
-            yield from self._decode_plan(rest.result())
+            yield from self._plan_segments(rest.result(), _SEGMENT)
 
-    def _decode_plan(self, plan: RunPlan) -> Iterator[dict[str, Any]]:
-        readers = self._readers
-        local = plan.local
-        runs = self._prefetcher.runs(plan, self.predownload, readers.__contains__)
-        for shard, start, end, path in runs:
-            reader = readers.get(shard)
-            if reader is None:
-                # path is None only if the reader was open at scheduling time and closed since.
-                reader = self._open_reader(shard, path or self.cache.ensure(shard))
-            else:
-                readers.move_to_end(shard)
-                self._touch(shard)
-            decode, data, offsets = reader.decode, reader.data, reader.offsets
-            if end - start == 1:  # the common case in shuffled epochs
-                index = int(local[start])
-                yield decode(data[offsets[index] : offsets[index + 1]])
-                continue
-            for begin in range(start, end, _CHUNK):
-                for index in local[begin : min(end, begin + _CHUNK)].tolist():
-                    yield decode(data[offsets[index] : offsets[index + 1]])
+    def _plan_segments(self, plan: SamplePlan, size: int) -> Iterator[_Segment]:
+        """Walk a plan in segments of open shards, starting at ``size`` samples and doubling.
 
-    def _touch(self, shard: int) -> None:
-        """Refresh an open shard's LRU stamp now and then (it is read through its mmap)."""
+        Only the shard of the next sample is ever waited for: a cold run yields its first sample
+        as soon as that one shard is local, with the others still being prepared.
+        """
+        ahead = Lookahead(self._prefetcher, plan.shards, self.predownload)
+        position, total = 0, len(plan)
+        try:
+            while position < total:
+                end = ahead.advance(position, self._is_open, position + size)
+                if end == position:  # the next sample's shard is not open
+                    shard = int(plan.shards[position])
+                    # None: not being prepared (it was open when it came within reach and has
+                    # been closed since, or close() cancelled its preparation).
+                    self._open_reader(shard, ahead.wait(shard) or self.cache.ensure(shard))
+                    continue
+                yield self._segment(plan, position, end, ahead)
+                position, size = end, min(2 * size, _SEGMENT)
+        finally:
+            ahead.close()
+
+    def _segment(self, plan: SamplePlan, lo: int, hi: int, ahead: Lookahead) -> _Segment:
+        """The decoders, buffers and byte ranges of positions ``[lo, hi)``, all of open shards."""
+        shards, local = plan.shards[lo:hi], plan.local[lo:hi]
+        first = shards[0]
         now = time.monotonic()
+        if shards[-1] == first and (shards == first).all():
+            reader = self._use(int(first), now, ahead)
+            offsets = reader.offset_array
+            begins, ends = offsets[local].astype(np.int64), offsets[local + 1].astype(np.int64)
+            return _Segment(reader.decode, reader.data, _ints(begins), _ints(ends))
+        # Several shards: sort the positions by shard, gather each shard's byte ranges with one
+        # numpy call per shard, then scatter them back into sequence order.
+        count = hi - lo
+        order = np.argsort(shards)
+        grouped, local = shards[order], local[order]
+        cuts = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
+        sorted_begins, sorted_ends = np.empty(count, np.uint32), np.empty(count, np.uint32)
+        readers = []
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), count]):
+            reader = self._use(int(grouped[a]), now, ahead)
+            offsets, indices = reader.offset_array, local[a:b]
+            np.take(offsets, indices, out=sorted_begins[a:b])
+            np.take(offsets, indices + 1, out=sorted_ends[a:b])
+            readers.append(reader)
+        begins, ends = np.empty(count, np.int64), np.empty(count, np.int64)
+        begins[order], ends[order] = sorted_begins, sorted_ends
+        group_of = np.zeros(count, np.intp)
+        group_of[cuts] = 1
+        group_of[order] = np.cumsum(group_of)
+        data = _objects([reader.data for reader in readers])[group_of].tolist()
+        decode: Any = readers[0].decode
+        if any(reader.decode is not decode for reader in readers):
+            decode = _objects([reader.decode for reader in readers])[group_of].tolist()
+        return _Segment(decode, data, _ints(begins), _ints(ends))
+
+    def _use(self, shard: int, now: float, ahead: Lookahead) -> ShardView:
+        """An open shard about to be read: mark it recently used (readers' LRU, cache stamp)."""
+        self._readers.move_to_end(shard)
+        self._touch(shard, now)
+        ahead.discard(shard)
+        return self._readers[shard]
+
+    def _touch(self, shard: int, now: float) -> None:
+        """Refresh an open shard's LRU stamp now and then (it is read through its mmap)."""
         if now - self._touched.get(shard, 0.0) > _TOUCH_EVERY:
             self._touched[shard] = now
             if self.cache_limit is not None:
@@ -383,6 +451,34 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         self._prefetcher.close()
         while self._readers:
             _close(self._readers.popitem()[1])
+        self._is_open[:] = False
+
+
+class _Segment(NamedTuple):
+    """Consecutive samples of a worker's sequence, ready to decode as ``decode(data[b:e])``.
+
+    ``data`` is one shard's mmap, or a list of them (one per sample) when the segment spans
+    several shards; ``decode`` is a list too (one per sample) when their layouts differ. The
+    segment holds its mmaps, so a reader closed meanwhile (LRU) does not unmap them under it.
+    """
+
+    decode: Any
+    data: Any
+    begins: list[int]
+    ends: list[int]
+
+
+def _objects(items: list[Any]) -> NDArray[np.object_]:
+    """A 1-D object array of ``items`` (np.array would unpack mmaps, which are sequences)."""
+    array = np.empty(len(items), dtype=object)
+    for k, item in enumerate(items):
+        array[k] = item
+    return array
+
+
+def _ints(values: NDArray[np.int64]) -> list[int]:
+    """A contiguous int64 array as a list of Python ints (memoryview's is twice numpy's speed)."""
+    return memoryview(values).tolist()
 
 
 def _close(reader: Any) -> None:

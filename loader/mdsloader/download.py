@@ -1,17 +1,22 @@
 """Prefetching: make shards local ahead of the consumer, on background threads.
 
-A worker's sample sequence is cut into *runs* (maximal stretches of consecutive samples from one
-shard; see :func:`plan_runs`). While the consumer decodes run ``k``, the shards of every run that
-starts fewer than ``predownload`` samples ahead are being prepared (downloaded, validated,
-decompressed) by a thread pool. The consumer blocks only when the shard it needs next is not ready,
-and a failure in a download thread surfaces in the consumer as the original exception.
+A worker's sample sequence is planned as the shard and in-shard index of every position
+(:func:`plan_samples`). While the consumer decodes position ``p``, the shards of every position
+before ``p + predownload`` are being prepared (downloaded, validated, decompressed) by a thread
+pool; :class:`Lookahead` does that bookkeeping for a whole stretch of positions at a time, with
+numpy, so a shuffled epoch (a different shard almost every sample) costs nothing per sample. The
+consumer blocks only when the shard it needs next is not ready, and a failure in a download
+thread surfaces in the consumer as the original exception.
+
+:func:`plan_runs` and :meth:`Prefetcher.runs` are the same walk one run of same-shard samples at
+a time, for callers that want runs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +75,35 @@ def plan_runs(sample_ids: NDArray[np.int64], shard_ends: NDArray[np.int64]) -> R
     return RunPlan(shards=shard_of[starts], starts=starts, ends=ends, local=local)
 
 
+@dataclass(frozen=True, slots=True)
+class SamplePlan:
+    """A sample sequence as the shard and the in-shard index of each position.
+
+    Attributes:
+        shards: Shard id of every sample.
+        local: The in-shard index of every sample.
+    """
+
+    shards: NDArray[np.int64]
+    local: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+
+def plan_samples(sample_ids: NDArray[np.int64], shard_ends: NDArray[np.int64]) -> SamplePlan:
+    """Locate every sample of a sequence of global ids (vectorised).
+
+    Args:
+        sample_ids: The global sample ids, in iteration order.
+        shard_ends: ``cumsum(samples_per_shard)``.
+    """
+    sample_ids = np.asarray(sample_ids, dtype=np.int64)
+    shard_of = locate(sample_ids, shard_ends)
+    starts_of_shard = shard_ends - np.diff(shard_ends, prepend=0)
+    return SamplePlan(shards=shard_of, local=sample_ids - starts_of_shard[shard_of])
+
+
 class Prefetcher:
     """Prepares shards on a thread pool, at most ``predownload`` samples ahead of the consumer.
 
@@ -84,7 +118,8 @@ class Prefetcher:
         self._pool: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
 
-    def _submit(self, shard: int) -> Future[Path]:
+    def submit(self, shard: int) -> Future[Path]:
+        """Prepare one shard on the pool."""
         return self.call(self._prepare, shard)
 
     def call(self, fn: Callable[..., T], *args: Any) -> Future[T]:
@@ -124,7 +159,7 @@ class Prefetcher:
                     if ready is not None and ready(shard):
                         continue
                     if shard not in pending:
-                        pending[shard] = self._submit(shard)
+                        pending[shard] = self.submit(shard)
                     refs[shard] = refs.get(shard, 0) + 1
                 shard = shards[k]
                 future = pending.get(shard)
@@ -150,3 +185,96 @@ class Prefetcher:
     def __getstate__(self) -> dict[str, object]:
         # Threads do not survive pickling into DataLoader workers; each copy starts its own.
         return {"_prepare": self._prepare, "_threads": self._threads, "_pool": None, "_pid": -1}
+
+
+class Lookahead:
+    """Keeps shard preparation ``predownload`` samples ahead of a consumer walking a plan.
+
+    Before the consumer takes the sample at position ``p``, the shard of every position before
+    ``p + predownload`` is either open (the caller says which through ``is_open``) or being
+    prepared on the :class:`Prefetcher`'s threads. Each position is looked at once, when it comes
+    within reach, like :meth:`Prefetcher.runs` looks at each run once: a shard that is open then
+    and closed by the time its sample is reached is made local by the consumer itself.
+
+    Args:
+        prefetcher: The thread pool and the prepare function.
+        shards: Shard id of every position (``SamplePlan.shards``).
+        predownload: How many samples ahead of the current position to prepare.
+    """
+
+    def __init__(self, prefetcher: Prefetcher, shards: NDArray[np.int64], predownload: int) -> None:
+        self._prefetcher = prefetcher
+        self._shards = shards
+        self._ahead = max(predownload, 1)
+        self._scanned = 0  # positions before this one have been looked at
+        self._pending: dict[int, Future[Path]] = {}
+        self._asked: NDArray[np.bool_] | None = None  # _asked[shard] == (shard in _pending)
+
+    def advance(self, position: int, is_open: NDArray[np.bool_], limit: int) -> int:
+        """Prepare what is now within reach; return how far the consumer may go without asking.
+
+        Args:
+            position: The next position the consumer takes.
+            is_open: ``is_open[shard]`` says the consumer has the shard open (needs nothing).
+            limit: The farthest position (exclusive) the caller wants to go.
+
+        Returns:
+            ``end`` with ``position <= end <= limit``: every shard of ``[position, end)`` is open,
+            and no position comes within reach before ``end`` whose shard would need preparing.
+            ``end == position`` means the next sample's shard is not open: :meth:`wait` for it.
+        """
+        shards, ahead = self._shards, self._ahead
+        total = len(shards)
+        if self._asked is None:
+            self._asked = np.zeros(len(is_open), dtype=bool)
+        limit = min(limit, total)
+        reach = min(position + ahead, total)
+        if self._scanned < reach:
+            window = shards[self._scanned : reach]
+            missing = window[~is_open[window]]
+            for shard in dict.fromkeys(missing.tolist()):  # first-seen order, once each
+                if shard not in self._pending:
+                    self._pending[shard] = self._prefetcher.submit(shard)
+                    self._asked[shard] = True
+            self._scanned = reach
+        end = limit
+        # The consumer may not pass a position whose shard is not open ...
+        closed = ~is_open[shards[position:end]]
+        if closed.any():
+            end = position + int(closed.argmax())
+        # ... nor the point where a shard neither open nor being prepared comes within reach.
+        window = shards[self._scanned : end + ahead]
+        later = ~(is_open[window] | self._asked[window])
+        if later.any():
+            end = min(end, self._scanned + int(later.argmax()) - ahead + 1)
+        return max(end, position)
+
+    def wait(self, shard: int) -> Path | None:
+        """The path of a shard being prepared (blocking until it is), or None if it is not.
+
+        None also when the preparation was cancelled (the dataset was closed meanwhile): the
+        caller then prepares the shard itself.
+
+        Raises:
+            Exception: Whatever preparing the shard raised.
+        """
+        future = self._pending.pop(shard, None)
+        if future is None:
+            return None
+        self._asked[shard] = False  # type: ignore[index]
+        try:
+            return future.result()
+        except CancelledError:
+            return None
+
+    def discard(self, shard: int) -> None:
+        """Forget a preparation the consumer no longer needs (it has the shard open)."""
+        if self._pending and self._pending.pop(shard, None) is not None:
+            self._asked[shard] = False  # type: ignore[index]
+
+    def close(self) -> None:
+        """Cancel the preparations that have not started."""
+        for shard, future in self._pending.items():
+            future.cancel()
+            self._asked[shard] = False  # type: ignore[index]
+        self._pending.clear()

@@ -54,6 +54,9 @@ class ShardView:
         #: the dataset's loop can inline ``decode(data[offsets[i] : offsets[i + 1]])``.
         self.data = self._map
         self.offsets = memoryview(self._map)[4 : 4 * (info.samples + 2)].cast("I")
+        #: The same offsets as a read-only numpy view, so that one gather gives the byte ranges
+        #: of many samples.
+        self.offset_array = np.frombuffer(self._map, "<u4", info.samples + 1, 4)
         self.decode = decoder_for(info)
         self.samples = int(info.samples)
 
@@ -71,7 +74,7 @@ class ShardView:
         The map is unmapped when the last reference goes, not here: an iteration loop may still
         hold ``data``/``offsets`` of a view that the reader cache has just closed.
         """
-        self.data = self.offsets = self._map = None  # type: ignore[assignment]
+        self.data = self.offsets = self.offset_array = self._map = None  # type: ignore[assignment]
 
 
 def check_header(data: Any, num_samples: int, *, where: str) -> None:
