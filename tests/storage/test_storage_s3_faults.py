@@ -211,3 +211,36 @@ def test_a_stream_that_keeps_failing_is_unavailable(fault_proxy: FaultProxy, s3_
     with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
         store.stream_to("a.bin", sink)
     assert sink.restarts == 2
+
+
+def test_a_small_download_is_one_get_and_a_torn_one_is_redone(
+    fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    store = _through(fault_proxy, s3_bucket, retries=2)
+    data = bytes(range(256)) * 4096
+    store.write_bytes("a.bin", data)
+    dest = tmp_path / "a.bin"
+    store.download_file("a.bin", str(dest))
+    assert dest.read_bytes() == data
+    assert [m for m, _ in fault_proxy.requests] == ["PUT", "GET"]  # no HEAD, no ranges
+    fault_proxy.inject(Fault("truncate"))
+    store.download_file("a.bin", str(dest))
+    assert dest.read_bytes() == data  # the torn attempt's bytes were truncated away
+    assert [m for m, _ in fault_proxy.requests] == ["PUT", "GET", "GET", "GET"]
+
+
+def test_a_download_above_the_threshold_switches_to_ranged_gets(
+    fault_proxy: FaultProxy, s3_bucket: str, tmp_path: Path
+) -> None:
+    store = _through(
+        fault_proxy, s3_bucket, multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB
+    )
+    data = bytes(i % 251 for i in range(11 * MIB))
+    store.write_bytes("big.bin", data)
+    fault_proxy.requests.clear()
+    dest = tmp_path / "big.bin"
+    store.download_file("big.bin", str(dest))
+    assert dest.read_bytes() == data
+    # The first GET only revealed the size (its body was dropped); then s3transfer fetched one
+    # ranged GET per 5 MiB part. A single streamed download would have been one GET.
+    assert [m for m, _ in fault_proxy.requests] == ["GET"] * (1 + 3)

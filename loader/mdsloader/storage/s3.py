@@ -238,18 +238,34 @@ class S3Storage:
             self._call("upload", key, upload)
 
     def download_file(self, relpath: str, local_path: str) -> None:
-        """Download to a temporary sibling of ``local_path``, then rename it into place."""
+        """Download to a temporary sibling of ``local_path``, then rename it into place.
+
+        An object below the multipart threshold arrives through one streamed GET (no HEAD, no
+        transfer threads). A larger one, whose size that GET's headers reveal, is abandoned
+        before its body is read and fetched again in concurrent ranged GETs.
+        """
         key = self._key(relpath)
         dest = os.path.abspath(os.fspath(local_path))
-        config = self._clients.transfer_config()
+        limit = self.options.multipart_threshold
 
         def fill(f: Any) -> None:
-            def attempt(client: Any) -> None:
-                f.seek(0)
-                f.truncate()  # a retry starts from scratch
+            sink = _FileSink(f)
+
+            def stream(client: Any) -> int:
+                return self._stream_once(client, key, sink, STREAM_CHUNK, limit=limit)
+
+            try:
+                self._call("download", key, stream)
+                return
+            except _TooLargeToStream:
+                pass
+            config = self._clients.transfer_config()
+
+            def ranged(client: Any) -> None:
+                sink.restart()
                 client.download_fileobj(self.bucket, key, f, Config=config)
 
-            self._call("download", key, attempt)
+            self._call("download", key, ranged)
 
         with map_os_errors(dest):
             atomic_write(dest, fill)
@@ -265,20 +281,9 @@ class S3Storage:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
         key = self._key(relpath)
-
-        def attempt(client: Any) -> int:
-            sink.restart()
-            resp = client.get_object(**self._loc(key))
-            delivered = 0
-            # Closing a body that was not read to the end drops its connection instead of
-            # returning a half-read socket to the pool.
-            with contextlib.closing(resp["Body"]) as body:
-                for chunk in body.iter_chunks(chunk_size):
-                    sink.write(chunk)
-                    delivered += len(chunk)
-            return delivered
-
-        return self._call("stream", key, attempt)
+        return self._call(
+            "stream", key, lambda client: self._stream_once(client, key, sink, chunk_size)
+        )
 
     def exists(self, relpath: str) -> bool:
         """Whether the object exists (one HEAD; a missing bucket also reads as ``False``)."""
@@ -324,6 +329,30 @@ class S3Storage:
 
     def _loc(self, key: str) -> dict[str, str]:
         return {"Bucket": self.bucket, "Key": key}
+
+    def _stream_once(
+        self, client: Any, key: str, sink: ByteSink, chunk_size: int, *, limit: int | None = None
+    ) -> int:
+        """One attempt of :meth:`stream_to`: restart the sink, GET, feed it the body.
+
+        Returns:
+            The bytes delivered.
+
+        Raises:
+            _TooLargeToStream: The object is at least ``limit`` bytes long (nothing delivered).
+        """
+        sink.restart()
+        resp = client.get_object(**self._loc(key))
+        # Closing a body that was not read to the end drops its connection instead of returning
+        # a half-read socket to the pool.
+        with contextlib.closing(resp["Body"]) as body:
+            if limit is not None and int(resp.get("ContentLength") or 0) >= limit:
+                raise _TooLargeToStream(key)
+            delivered = 0
+            for chunk in body.iter_chunks(chunk_size):
+                sink.write(chunk)
+                delivered += len(chunk)
+        return delivered
 
     def _head(self, key: str) -> dict[str, Any]:
         return self._call("head", key, lambda c: c.head_object(**self._loc(key)))
@@ -409,6 +438,27 @@ class _ClientCache:
         if self._transfer is None:
             self._transfer = _make_transfer_config(self._options)
         return self._transfer
+
+
+class _TooLargeToStream(Exception):
+    """An object above the multipart threshold: download it in ranged parts instead.
+
+    Not a botocore error, so our retry loop neither retries nor maps it.
+    """
+
+
+class _FileSink:
+    """A :class:`~mdsloader.storage.base.ByteSink` writing to an open binary file."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    def restart(self) -> None:
+        self._handle.seek(0)
+        self._handle.truncate()  # a retry starts from scratch
+
+    def write(self, data: bytes) -> None:
+        self._handle.write(data)
 
 
 class _DeleteErrors(Exception):
