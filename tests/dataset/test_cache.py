@@ -277,3 +277,47 @@ def test_a_truncated_zstd_shard_is_a_size_error(tmp_path: Path):
     with pytest.raises(ShardFormatError, match="decompresses to"):
         cache.ensure(0)
     assert not list((tmp_path / "local").rglob("shard.*"))
+
+
+def test_stream_decompressor_matches_whole_decompression_for_any_split():
+    import io
+    import random
+
+    from mdsloader.mds.compression import get_codec
+
+    codec = get_codec("zstd:3")
+    payload = random.Random(0).randbytes(300_000) + bytes(2_000_000) + b"tail" * 1000
+    frames = codec.compress(payload[:500_000]) + codec.compress(payload[500_000:])  # two frames
+    rng = random.Random(1)
+    for _ in range(5):
+        out = io.BytesIO()
+        decompressor = codec.stream_decompressor(out)
+        pos = 0
+        while pos < len(frames):
+            step = rng.randint(1, 70_000)
+            decompressor.write(frames[pos : pos + step])
+            pos += step
+        decompressor.flush()
+        assert out.getvalue() == payload == codec.decompress(frames)
+    with pytest.raises(ValueError, match="gz"):
+        get_codec("gz").stream_decompressor(io.BytesIO())
+    with pytest.raises(CompressionError):
+        codec.stream_decompressor(io.BytesIO()).write(b"not zstd at all")
+
+
+def test_stream_decompressor_hands_over_bounded_pieces_of_a_compressible_shard():
+    from mdsloader.mds.compression import StreamDecompressor, get_codec
+
+    pieces: list[int] = []
+
+    class Target:
+        def write(self, data: bytes) -> int:
+            pieces.append(len(data))
+            return len(data)
+
+    zeros = get_codec("zstd").compress(bytes(64 << 20))  # ~2 KiB that expand 30,000-fold
+    decompressor = StreamDecompressor(Target(), write_size=1 << 20)
+    decompressor.write(zeros)
+    decompressor.flush()
+    assert sum(pieces) == 64 << 20
+    assert max(pieces) <= 1 << 20
