@@ -8,7 +8,7 @@ per distinct layout:
 * one ``struct`` call reads every variable-size length together with the fixed-width numeric
   columns that sit at constant offsets right after them, and one more call reads each later
   stretch of consecutive fixed-width numeric columns; values are wrapped in their numpy type;
-* ``str`` and ``bytes`` are sliced inline;
+* ``str`` and ``bytes`` are sliced (and decoded) inline;
 * a typed ``ndarray`` without a fixed shape (``ndarray:float32``, the usual token or embedding
   column) reads its one-byte ``ndim``/size-code header and a 1-D shape inline and is one
   ``np.frombuffer`` on the record itself at an offset (no slice copy, no reshape); 2-D values
@@ -220,7 +220,7 @@ def _column_lines(src: _Source, j: int, coder: Any, width: str) -> None:
         env[f"_dt{j}"], env[f"_s{j}"] = coder.dtype, coder.shape
         src.lines.append(f"v{j} = _frombuffer({span}, _dt{j}).reshape(_s{j})")
     elif coder.name == "str":
-        src.lines.append(f"v{j} = str({span}, 'utf-8')")
+        src.lines.append(f"v{j} = {span}.decode()")  # bytes.decode: always strict UTF-8
     elif coder.name == "bytes":
         src.lines.append(f"v{j} = {span}")
     else:

@@ -7,7 +7,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from mdsloader.errors import ShardFormatError
+from mdsloader.errors import EncodingError, ShardFormatError
 from mdsloader.fastdecode import build_decoder, decoder_for
 from mdsloader.mds.record import ColumnPlan, RecordEncoder, SampleDecoder
 
@@ -256,3 +256,13 @@ def test_the_numpy_identity_trick_is_taken_for_every_struct_scalar():
                  "float32", "float64"):  # fmt: skip
         zero = _identity_zero(np.dtype(name).newbyteorder("<"))
         assert zero is not None and type(zero) is np.dtype(name).type, name
+
+
+@pytest.mark.parametrize("raw", [b"\xff", b"ok\xc3", b"\xed\xa0\x80", "é".encode()])
+def test_text_that_is_not_utf8_gives_the_sample_decoders_error(raw: bytes):
+    columns = {"s": "str", "x": "int32"}
+    record = RecordEncoder(ColumnPlan.from_columns(columns)).encode({"s": raw, "x": 1})
+    assert_same_outcome(columns, record)
+    _, slow = decode_both(columns, record)
+    if raw != "é".encode():
+        assert isinstance(slow, EncodingError) and "column 's'" in str(slow)
