@@ -4,9 +4,10 @@ A worker's sample sequence is planned as the shard and in-shard index of every p
 (:func:`plan_samples`). While the consumer decodes position ``p``, the shards of every position
 before ``p + predownload`` are being prepared (downloaded, validated, decompressed) by a thread
 pool; :class:`Lookahead` does that bookkeeping for a whole stretch of positions at a time, with
-numpy, so a shuffled epoch (a different shard almost every sample) costs nothing per sample. The
-consumer blocks only when the shard it needs next is not ready, and a failure in a download
-thread surfaces in the consumer as the original exception.
+numpy, so a shuffled epoch (a different shard almost every sample) costs a few numpy calls per
+thousands of samples instead of Python work per sample. The consumer blocks only when the shard
+it needs next is not ready, and a failure in a download thread surfaces in the consumer as the
+original exception.
 
 :func:`plan_runs` and :meth:`Prefetcher.runs` are the same walk one run of same-shard samples at
 a time, for callers that want runs.
@@ -208,7 +209,8 @@ class Lookahead:
         self._ahead = max(predownload, 1)
         self._scanned = 0  # positions before this one have been looked at
         self._pending: dict[int, Future[Path]] = {}
-        self._asked: NDArray[np.bool_] | None = None  # _asked[shard] == (shard in _pending)
+        # _asked[shard] == (shard in _pending), for vectorised checks.
+        self._asked = np.zeros(int(shards.max()) + 1 if len(shards) else 0, dtype=bool)
 
     def advance(self, position: int, is_open: NDArray[np.bool_], limit: int) -> int:
         """Prepare what is now within reach; return how far the consumer may go without asking.
@@ -225,8 +227,6 @@ class Lookahead:
         """
         shards, ahead = self._shards, self._ahead
         total = len(shards)
-        if self._asked is None:
-            self._asked = np.zeros(len(is_open), dtype=bool)
         limit = min(limit, total)
         reach = min(position + ahead, total)
         if self._scanned < reach:
@@ -261,7 +261,7 @@ class Lookahead:
         future = self._pending.pop(shard, None)
         if future is None:
             return None
-        self._asked[shard] = False  # type: ignore[index]
+        self._asked[shard] = False
         try:
             return future.result()
         except CancelledError:
@@ -270,11 +270,11 @@ class Lookahead:
     def discard(self, shard: int) -> None:
         """Forget a preparation the consumer no longer needs (it has the shard open)."""
         if self._pending and self._pending.pop(shard, None) is not None:
-            self._asked[shard] = False  # type: ignore[index]
+            self._asked[shard] = False
 
     def close(self) -> None:
         """Cancel the preparations that have not started."""
         for shard, future in self._pending.items():
             future.cancel()
-            self._asked[shard] = False  # type: ignore[index]
+            self._asked[shard] = False
         self._pending.clear()
