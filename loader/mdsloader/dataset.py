@@ -407,9 +407,15 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             offsets = reader.offset_array
             begins, ends = offsets[local].astype(np.int64), offsets[local + 1].astype(np.int64)
             return _Segment(reader.decode, reader.data, _ints(begins), _ints(ends))
-        # Several shards: sort the positions by shard, gather each shard's byte ranges with one
-        # numpy call per shard, then scatter them back into sequence order.
-        count = hi - lo
+        return self._mixed_segment(shards, local, now, ahead)
+
+    def _mixed_segment(
+        self, shards: NDArray[np.int64], local: NDArray[np.int64], now: float, ahead: Lookahead
+    ) -> _Segment:
+        """A segment over several shards: one buffer (and decoder, if they differ) per sample."""
+        # Sort the positions by shard, gather each shard's byte ranges with one numpy call per
+        # shard, then scatter them back into sequence order.
+        count = len(shards)
         order = np.argsort(shards)
         grouped, local = shards[order], local[order]
         cuts = np.flatnonzero(grouped[1:] != grouped[:-1]) + 1
@@ -423,7 +429,7 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             readers.append(reader)
         begins, ends = np.empty(count, np.int64), np.empty(count, np.int64)
         begins[order], ends[order] = sorted_begins, sorted_ends
-        group_of = np.zeros(count, np.intp)
+        group_of = np.zeros(count, np.intp)  # index into readers of each position
         group_of[cuts] = 1
         group_of[order] = np.cumsum(group_of)
         data = _objects([reader.data for reader in readers])[group_of].tolist()
