@@ -8,15 +8,12 @@ numpy, so a shuffled epoch (a different shard almost every sample) costs a few n
 thousands of samples instead of Python work per sample. The consumer blocks only when the shard
 it needs next is not ready, and a failure in a download thread surfaces in the consumer as the
 original exception.
-
-:func:`plan_runs` and :meth:`Prefetcher.runs` are the same walk one run of same-shard samples at
-a time, for callers that want runs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,52 +25,12 @@ from numpy.typing import NDArray
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class RunPlan:
-    """A sample sequence grouped into runs of one shard each.
-
-    Attributes:
-        shards: Shard id of each run.
-        starts: Position (in the sample sequence) where each run begins.
-        ends: Position just past each run.
-        local: The in-shard index of every sample of the sequence.
-    """
-
-    shards: NDArray[np.int64]
-    starts: NDArray[np.int64]
-    ends: NDArray[np.int64]
-    local: NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-
 def locate(sample_ids: NDArray[np.int64], shard_ends: NDArray[np.int64]) -> NDArray[np.int64]:
     """Map global sample ids to shard ids, given each shard's cumulative end (vectorised).
 
     ``side='right'`` skips empty shards: their end equals the previous shard's end.
     """
     return np.searchsorted(shard_ends, sample_ids, side="right").astype(np.int64)
-
-
-def plan_runs(sample_ids: NDArray[np.int64], shard_ends: NDArray[np.int64]) -> RunPlan:
-    """Group a sequence of global sample ids into consecutive same-shard runs.
-
-    Args:
-        sample_ids: The global sample ids, in iteration order.
-        shard_ends: ``cumsum(samples_per_shard)``.
-    """
-    sample_ids = np.asarray(sample_ids, dtype=np.int64)
-    if not len(sample_ids):
-        empty = np.zeros(0, np.int64)
-        return RunPlan(shards=empty, starts=empty, ends=empty, local=empty)
-    shard_of = locate(sample_ids, shard_ends)
-    starts_of_shard = shard_ends - np.diff(shard_ends, prepend=0)
-    local = sample_ids - starts_of_shard[shard_of]
-    boundaries = np.flatnonzero(np.diff(shard_of)) + 1
-    starts = np.concatenate(([0], boundaries)).astype(np.int64)
-    ends = np.append(starts[1:], len(shard_of)).astype(np.int64)
-    return RunPlan(shards=shard_of[starts], starts=starts, ends=ends, local=local)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,51 +88,6 @@ class Prefetcher:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="mds-prefetch")
         return self._pool.submit(fn, *args)
-
-    def runs(
-        self,
-        plan: RunPlan,
-        predownload: int,
-        ready: Callable[[int], bool] | None = None,
-    ) -> Iterator[tuple[int, int, int, Path | None]]:
-        """Yield ``(shard, start, end, path)`` for each run, once its shard is local.
-
-        Args:
-            plan: The runs to walk.
-            predownload: How many samples ahead of the current position to prepare.
-            ready: Says a shard needs no preparing (the caller already has it open); such runs
-                are yielded with ``path=None`` and cost no thread round trip, which matters
-                for shuffled epochs whose runs are mostly a single sample.
-        """
-        shards, starts, ends = plan.shards.tolist(), plan.starts.tolist(), plan.ends.tolist()
-        pending: dict[int, Future[Path]] = {}
-        refs: dict[int, int] = {}
-        submitted, total, lookahead = 0, len(shards), max(predownload, 1)
-        try:
-            for k in range(total):
-                horizon = starts[k] + lookahead
-                while submitted < total and (submitted <= k or starts[submitted] < horizon):
-                    shard = shards[submitted]
-                    submitted += 1
-                    if ready is not None and ready(shard):
-                        continue
-                    if shard not in pending:
-                        pending[shard] = self.submit(shard)
-                    refs[shard] = refs.get(shard, 0) + 1
-                shard = shards[k]
-                future = pending.get(shard)
-                if future is None:
-                    yield shard, starts[k], ends[k], None
-                    continue
-                path = future.result()
-                refs[shard] -= 1
-                if not refs[shard]:
-                    # A later revisit of this shard re-checks presence (it may have been evicted).
-                    del pending[shard], refs[shard]
-                yield shard, starts[k], ends[k], path
-        finally:
-            for future in pending.values():
-                future.cancel()
 
     def close(self) -> None:
         """Stop the threads (running downloads finish; queued ones are dropped)."""

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from mdsloader.cache import parse_bytes
-from mdsloader.download import Prefetcher, plan_runs
 from mdsloader.locks import file_lock
 from mdsloader.options import parse_count, validate_order_options
 from mdsloader.state import EpochLedger, ResumeState, resolve_epoch
@@ -142,38 +141,6 @@ def test_stream_validation_and_defaults(tmp_path: Path):
     same = Stream(remote=str(tmp_path), local=str(tmp_path))
     same.apply_default({})
     assert not same.has_remote and same.keep_zip_files
-
-
-def test_plan_runs_groups_consecutive_samples_and_skips_empty_shards():
-    ends = np.cumsum([3, 0, 2, 4])  # shard 1 is empty
-    plan = plan_runs(np.array([0, 1, 3, 4, 2, 5, 8]), ends)
-    assert plan.shards.tolist() == [0, 2, 0, 3]
-    assert plan.starts.tolist() == [0, 2, 4, 5]
-    assert plan.ends.tolist() == [2, 4, 5, 7]
-    assert plan.local.tolist() == [0, 1, 0, 1, 2, 0, 3]
-    assert len(plan_runs(np.zeros(0, np.int64), ends)) == 0
-
-
-def test_prefetcher_runs_ahead_and_surfaces_errors(tmp_path: Path):
-    seen: list[int] = []
-
-    def prepare(shard: int) -> Path:
-        seen.append(shard)
-        if shard == 9:
-            raise OSError("boom")
-        return tmp_path / str(shard)
-
-    plan = plan_runs(np.arange(10), np.arange(1, 11))
-    fetcher = Prefetcher(prepare, threads=2)
-    runs = fetcher.runs(plan, predownload=4)
-    first = next(runs)
-    assert first[0] == 0 and first[3] == tmp_path / "0"
-    time.sleep(0.05)
-    assert set(seen) >= {0, 1, 2, 3}
-    assert 6 not in seen  # nothing beyond the lookahead yet
-    with pytest.raises(OSError, match="boom"):
-        list(runs)
-    fetcher.close()
 
 
 def _hold_lock(path: str, ready, release) -> None:  # pragma: no cover - child process
