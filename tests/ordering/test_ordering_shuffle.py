@@ -9,6 +9,7 @@ import pytest
 
 from mdsloader.ordering import SHUFFLE_ALGOS, get_shuffle, py1e
 from mdsloader.ordering.argsort import _colliding_neighbours, argsort_positions
+from mdsloader.ordering.arrays import NARROW_SHUFFLE_MIN, shuffled_range
 from mdsloader.ordering.py1e import (
     _skip_uniforms,
     _sort_node,
@@ -223,3 +224,35 @@ def test_py1e_nodes_whose_spans_never_shift_match_reference(ref_shuffle, monkeyp
         for sizes, ncn, block in cases:
             for seed in range(3):
                 _both(ref_shuffle, "py1e", np.array(sizes), ncn, seed, seed % 2, block)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, NARROW_SHUFFLE_MIN - 1, NARROW_SHUFFLE_MIN,
+                                  3 * NARROW_SHUFFLE_MIN + 7])
+@pytest.mark.parametrize("begin", [0, 5, 2**31 - 10, 2**40])
+def test_shuffled_range_equals_an_int64_shuffle_and_consumes_the_same_draws(size, begin):
+    ours, theirs = np.random.default_rng(11), np.random.default_rng(11)
+    out = np.full(size, -1, np.int64)
+    shuffled_range(out, begin, ours)
+    expected = np.arange(begin, begin + size, dtype=np.int64)
+    theirs.shuffle(expected)
+    assert out.dtype == np.int64
+    assert np.array_equal(out, expected)
+    assert ours.integers(0, 2**62) == theirs.integers(0, 2**62)  # same stream position after
+
+
+def test_naive_shuffle_is_generator_permutation():
+    sizes = np.array([NARROW_SHUFFLE_MIN, 3, NARROW_SHUFFLE_MIN + 5], np.int64)
+    got = get_shuffle("naive", sizes, 1, 9176, 3, 1 << 18)
+    expected = np.random.default_rng(9176 + 3).permutation(int(sizes.sum()))
+    assert got.dtype == np.int64 and np.array_equal(got, expected)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("algo", ["py1e", "naive"])
+@pytest.mark.parametrize("block", [50_000, 1 << 18])
+def test_shuffles_with_spans_past_the_narrow_threshold_match_reference(ref_shuffle, algo, block):
+    # Spans of at least NARROW_SHUFFLE_MIN samples are shuffled as int32 (shuffled_range); a
+    # block below the span size also exercises py1e's clipped, sort-free path.
+    sizes = [NARROW_SHUFFLE_MIN + 123, 5, 2 * NARROW_SHUFFLE_MIN, 40_000]
+    for ncn in (1, 2):
+        _both(ref_shuffle, algo, sizes, ncn, 9176, 1, block)

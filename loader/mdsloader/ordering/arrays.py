@@ -32,3 +32,33 @@ def segment_starts(sizes: np.ndarray) -> np.ndarray:
     """Exclusive prefix sums: the offset at which each segment of ``sizes`` starts."""
     sizes = np.asarray(sizes, np.int64)
     return np.cumsum(sizes) - sizes
+
+
+# Spans at least this long are shuffled as int32: numpy's shuffle is bound by cache misses on
+# long arrays, and half the bytes per element makes it about 1.5x faster. Shorter spans stay
+# cache-resident, where the extra pass would cost more than it saves.
+NARROW_SHUFFLE_MIN = 1 << 16
+
+
+def shuffled_range(out: np.ndarray, begin: int, rng: np.random.Generator) -> None:
+    """Fill ``out`` with ``rng.shuffle(np.arange(begin, begin + len(out)))``, bit for bit.
+
+    ``Generator.shuffle`` of a 1-D array draws the same swap indices whatever the element width,
+    so shuffling local offsets as int32 and adding ``begin`` afterwards gives the same
+    permutation as shuffling the int64 ids themselves, with the same draws consumed.
+
+    Args:
+        out: The int64 destination, one element per id.
+        begin: The first id.
+        rng: The generator, advanced exactly as the int64 shuffle would advance it.
+    """
+    size = len(out)
+    if size < NARROW_SHUFFLE_MIN or size > np.iinfo(np.int32).max:
+        out[:] = np.arange(begin, begin + size, dtype=np.int64)
+        if size > 1:
+            rng.shuffle(out)
+        return
+    local = np.arange(size, dtype=np.int32)
+    rng.shuffle(local)
+    # dtype=int64 makes numpy add in 64 bits: an int32 loop would overflow past 2**31 - begin.
+    np.add(local, begin, out=out, dtype=np.int64)

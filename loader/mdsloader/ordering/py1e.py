@@ -16,6 +16,7 @@ from functools import partial
 import numpy as np
 
 from mdsloader.ordering.argsort import MIN_FRACTION_BITS, fraction_bits, sort_by_position
+from mdsloader.ordering.arrays import NARROW_SHUFFLE_MIN, shuffled_range
 from mdsloader.ordering.spans import Pieces, shuffle_parts
 
 # Canonical nodes smaller than this are sorted inline: a thread hand-off would cost more.
@@ -209,13 +210,16 @@ class _SpanLookup:
 def _fill_shuffled_spans(node: np.ndarray, begins: list[int], sizes: list[int],
                          rng: np.random.Generator) -> None:
     """Write each span's sample ids into ``node`` and shuffle them, span by span (cache-hot)."""
-    counting = np.arange(max(sizes, default=0), dtype=np.int64)
+    counting = np.arange(min(max(sizes, default=0), NARROW_SHUFFLE_MIN), dtype=np.int64)
     offset = 0
     for begin, size in zip(begins, sizes):
         span = node[offset:offset + size]
-        np.add(counting[:size], begin, out=span)
-        if size > 1:
-            rng.shuffle(span)
+        if size >= NARROW_SHUFFLE_MIN:
+            shuffled_range(span, begin, rng)
+        else:
+            np.add(counting[:size], begin, out=span)
+            if size > 1:
+                rng.shuffle(span)
         offset += size
 
 

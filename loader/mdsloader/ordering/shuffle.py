@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mdsloader.ordering.arrays import concat_ranges, segment_starts
+from mdsloader.ordering.arrays import concat_ranges, segment_starts, shuffled_range
 from mdsloader.ordering.py1e import shuffle_py1e
 from mdsloader.ordering.spans import (
     Pieces,
@@ -97,8 +97,10 @@ def shuffle_segments(values: np.ndarray, sizes: np.ndarray, rng: np.random.Gener
 
 
 def shuffle_naive(sizes: np.ndarray, ncn: int, seed: int, epoch: int, block: int) -> np.ndarray:
-    """All-to-all permutation."""
-    return np.random.default_rng(seed + epoch).permutation(int(sizes.sum())).astype(np.int64)
+    """All-to-all permutation (``Generator.permutation``'s, built by :func:`shuffled_range`)."""
+    out = np.empty(int(sizes.sum()), np.int64)
+    shuffled_range(out, 0, np.random.default_rng(seed + epoch))
+    return out
 
 
 def shuffle_py1s(sizes: np.ndarray, ncn: int, seed: int, epoch: int, block: int) -> np.ndarray:
