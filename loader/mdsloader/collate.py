@@ -80,35 +80,46 @@ def fast_collate(batch: Sequence[Any]) -> Any:
     Raises:
         Exception: whatever ``default_collate(batch)`` raises for this batch.
     """
+    return collate_sharing(batch, 0 if get_worker_info() is not None else None)
+
+
+def collate_sharing(batch: Sequence[Any], share_from: int | None) -> Any:
+    """``fast_collate`` with a chosen home for its stacked arrays (private to mdsloader).
+
+    Stacked ndarray columns of at least ``share_from`` bytes are built in shared memory, smaller
+    ones (all of them when ``share_from`` is None) in ordinary memory. ``fast_collate`` shares
+    them all inside workers, as ``default_collate`` does; the loader's by-value transfer
+    (:mod:`mdsloader.transfer`) shares only those it leaves to torch's file-descriptor passing.
+    """
     if default_collate_fn_map != _DEFAULT_RULES:
         return default_collate(batch)
     try:
-        return _collate(batch)
+        return _collate(batch, share_from)
     except Exception:
         # Malformed batches (a missing key, ragged tuples, a value out of range) are rare: let
         # default_collate redo the batch so the error, or the result, is exactly its own.
         return default_collate(batch)
 
 
-def _collate(batch: Sequence[Any]) -> Any:
+def _collate(batch: Sequence[Any], share_from: int | None) -> Any:
     elem = batch[0]
     kind = type(elem)
     if kind is dict:
-        return {key: _collate_column([sample[key] for sample in batch]) for key in elem}
+        return {key: _collate_column([sample[key] for sample in batch], share_from) for key in elem}
     if kind is tuple or kind is list:
         # default_collate returns a list of columns for both, each column a zip tuple. Ragged
         # samples make zip raise, and default_collate then raises its own error.
-        return [_collate_column(column) for column in zip(*batch, strict=True)]
-    return _collate_column(batch)
+        return [_collate_column(column, share_from) for column in zip(*batch, strict=True)]
+    return _collate_column(batch, share_from)
 
 
-def _collate_column(values: Sequence[Any]) -> Any:
+def _collate_column(values: Sequence[Any], share_from: int | None) -> Any:
     """One column: dispatch on the first value's exact type, as default_collate does."""
     kind = type(values[0])
     if kind is str or kind is bytes:
         return values  # default_collate hands such a column back as it is
     if kind is np.ndarray:
-        return _stack_arrays(values)
+        return _stack_arrays(values, share_from)
     dtype = _SCALAR_DTYPES.get(kind)
     if dtype is not None:
         return _scalars(values, dtype)
@@ -126,7 +137,7 @@ def _scalars(values: Sequence[Any], dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def _stack_arrays(values: Sequence[np.ndarray]) -> Any:
+def _stack_arrays(values: Sequence[np.ndarray], share_from: int | None) -> Any:
     """Same-shaped, same-dtype, plainly strided ndarrays -> one stacked tensor; else default."""
     elem = values[0]
     dtype = _ARRAY_DTYPES.get(elem.dtype)
@@ -141,7 +152,7 @@ def _stack_arrays(values: Sequence[np.ndarray]) -> Any:
         or len(set(map(_layout, values))) != 1
     ):
         return default_collate(values)
-    out = _new_tensor((len(values), *elem.shape), dtype)
+    out = _new_tensor((len(values), *elem.shape), dtype, share_from)
     target = out.numpy()
     if elem.ndim:
         # Joining along the first axis into a (n * rows, ...) view is one C loop; casting="no"
@@ -152,14 +163,15 @@ def _stack_arrays(values: Sequence[np.ndarray]) -> Any:
     return out
 
 
-def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised contiguous tensor, in shared memory inside a DataLoader worker."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
-    # Like default_collate's stacked tensors: the worker's result queue then passes the storage
-    # by file descriptor instead of copying it into shared memory first.
+def _new_tensor(shape: tuple[int, ...], dtype: torch.dtype, share_from: int | None) -> torch.Tensor:
+    """An uninitialised contiguous tensor, in shared memory from ``share_from`` bytes up."""
     numel = 1
     for size in shape:
         numel *= size
-    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    nbytes = numel * dtype.itemsize
+    if share_from is None or nbytes < share_from:
+        return torch.empty(shape, dtype=dtype)
+    # Like default_collate's stacked tensors in workers: the worker's result queue then passes
+    # the storage by file descriptor instead of copying it into shared memory first.
+    storage = torch.UntypedStorage._new_shared(nbytes)
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)

@@ -288,12 +288,15 @@ def _dataset(local: str) -> StreamingDataset:
     return StreamingDataset(local=local, batch_size=16, shuffle=True, num_canonical_nodes=1)
 
 
-def test_loader_with_workers_yields_default_collate_batches(typed_local):
-    loader = StreamingDataLoader(_dataset(typed_local), batch_size=16, num_workers=2)
+def test_fast_collate_in_workers_yields_default_collate_batches(typed_local):
+    # Explicit, so the batches come as fast_collate builds them, shared memory included (the
+    # default collate sends small tensors by value: tests/dataset/test_loader_transfer.py).
+    loader = StreamingDataLoader(
+        _dataset(typed_local), batch_size=16, num_workers=2, collate_fn=fast_collate
+    )
     plain = DataLoader(
         _dataset(typed_local), batch_size=16, num_workers=2, collate_fn=default_collate
     )
-    assert loader.collate_fn is fast_collate
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
         want = list(plain)
