@@ -32,17 +32,45 @@ from mdsloader.collate import collate_sharing, fast_collate
 # by value dearer (3892 vs 2540 at 768 KiB, 3712-4546 vs 2288-3612 at 1 MiB), 4 MiB 18311 vs 7306.
 BY_VALUE_MAX_BYTES = 512 << 10
 
+# The first value's types that make a list or tuple a str/bytes column, which _pack skips.
+_TEXT = (str, bytes)
+
 
 class PackedBatch:
-    """A collated batch in transit from a worker, its small tensors replaced by ``_ByValue``."""
+    """A collated batch in transit from a worker: its root, a ``_Rebuild`` or a ``_ByValue``."""
 
-    __slots__ = ("batch",)
+    __slots__ = ("root",)
 
-    def __init__(self, batch: Any) -> None:
-        self.batch = batch
+    def __init__(self, root: Any) -> None:
+        self.root = root
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return PackedBatch, (self.batch,)
+        return PackedBatch, (self.root,)
+
+
+class _Rebuild:
+    """A dict, list or tuple with a ``_ByValue`` somewhere inside: its type, keys and values.
+
+    Containers without one travel as they are, so unpacking walks only the paths that lead to
+    packed tensors, never the long str and bytes columns.
+    """
+
+    __slots__ = ("keys", "kind", "values")
+
+    def __init__(self, kind: type, keys: list[Any] | None, values: list[Any]) -> None:
+        self.kind = kind
+        self.keys = keys
+        self.values = values
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _Rebuild, (self.kind, self.keys, self.values)
+
+    def build(self) -> Any:
+        """The container again, with its packed values unpacked."""
+        values = [_unpack(value) for value in self.values]
+        if self.keys is None:
+            return self.kind(values)
+        return dict(zip(self.keys, values, strict=True))
 
 
 class _ByValue:
@@ -77,37 +105,38 @@ def collate_for_transfer(batch: Any) -> Any:
     if get_worker_info() is None:
         return fast_collate(batch)
     collated = collate_sharing(batch, BY_VALUE_MAX_BYTES + 1)
-    packed, changed = _pack(collated)
-    return PackedBatch(packed) if changed else collated
+    root, changed = _pack(collated)
+    return PackedBatch(root) if changed else collated
 
 
 def unpack(batch: Any) -> Any:
     """The batch a worker's :func:`collate_for_transfer` packed; any other value unchanged."""
     if type(batch) is not PackedBatch:
         return batch
-    return _unpack(batch.batch)
+    return _unpack(batch.root)
 
 
 def _pack(value: Any) -> tuple[Any, bool]:
     """(value with its small tensors as ``_ByValue``, whether any was replaced).
 
-    Walks exactly the containers ``fast_collate`` builds (dict, list, tuple); anything else,
+    Walks exactly the containers ``fast_collate`` builds (dict, list, tuple) but not str or
+    bytes columns (lists or tuples whose first value is one: default_collate leaves them as
+    they are, so any tensor inside them, which is rare, goes as shared memory); anything else,
     namedtuples and mapping subclasses included, travels as it is.
     """
     kind = type(value)
     if kind is torch.Tensor:
         return _pack_tensor(value)
     if kind is dict:
-        items = [(key, *_pack(item)) for key, item in value.items()]
-        if not any(changed for _, _, changed in items):
-            return value, False
-        return {key: item for key, item, _ in items}, True
-    if kind is list or kind is tuple:
-        pairs = [_pack(item) for item in value]
-        if not any(changed for _, changed in pairs):
-            return value, False
-        return kind(item for item, _ in pairs), True
-    return value, False
+        keys, values = list(value), list(value.values())
+    elif (kind is list or kind is tuple) and value and type(value[0]) not in _TEXT:
+        keys, values = None, value
+    else:
+        return value, False
+    pairs = [_pack(item) for item in values]
+    if not any(changed for _, changed in pairs):
+        return value, False
+    return _Rebuild(kind, keys, [item for item, _ in pairs]), True
 
 
 def _pack_tensor(tensor: torch.Tensor) -> tuple[Any, bool]:
@@ -133,8 +162,6 @@ def _unpack(value: Any) -> Any:
     kind = type(value)
     if kind is _ByValue:
         return value.tensor()
-    if kind is dict:
-        return {key: _unpack(item) for key, item in value.items()}
-    if kind is list or kind is tuple:
-        return kind(_unpack(item) for item in value)
+    if kind is _Rebuild:
+        return value.build()
     return value

@@ -202,8 +202,9 @@ def test_threshold_splits_by_value_from_shared(in_worker, monkeypatch):
     monkeypatch.setattr(torch.UntypedStorage, "_new_shared", recording)
     packed = collate_for_transfer(batch)
     assert sizes == [BY_VALUE_MAX_BYTES + 4]  # "small" was built in ordinary memory
-    assert type(packed.batch["small"]) is transfer._ByValue
-    assert type(packed.batch["big"]) is torch.Tensor and packed.batch["big"].is_shared()
+    columns = dict(zip(packed.root.keys, packed.root.values, strict=True))
+    assert type(columns["small"]) is transfer._ByValue
+    assert type(columns["big"]) is torch.Tensor and columns["big"].is_shared()
     got = unpack(through_queue(packed))
     assert not got["small"].is_shared() and got["big"].is_shared()
     assert_same(got, default_collate(batch), sharing=False)
