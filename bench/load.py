@@ -261,7 +261,8 @@ def main() -> None:
     plan = [
         ("warm", "warm cache, in-process (samples/s)", {"data": str(full)}),
         ("loader2", "warm cache, DataLoader 2 workers; collate: ours mdsloader's fast_collate "
-         "(batches identical to default_collate), reference torch's default_collate (samples/s)",
+         "(batches identical to default_collate), tensors <= 512 KiB sent by value, not as "
+         "shared memory; reference torch's default_collate (samples/s)",
          {"data": str(full)}),
         ("random", "random ds[i] (samples/s)", {"data": str(full), "random": args.random}),
         ("start", f"construct -> first sample, {args.samples:,} (s)", {"data": str(full)}),

@@ -47,7 +47,9 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
     dtypes, shapes, strides, values), built column by column with numpy. With workers and without
     ``pin_memory``, tensors of up to 512 KiB travel from the workers by value instead of as shared
     memory, which costs both sides far less CPU; they arrive as ordinary tensors, so only their
-    ``is_shared()`` differs from ``default_collate``'s. An explicit ``collate_fn`` is used as given.
+    ``is_shared()`` differs from ``default_collate``'s. That is decided at construction
+    (``collate_fn`` is then ``mdsloader.transfer.collate_for_transfer``). An explicit
+    ``collate_fn`` is used as given.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
