@@ -152,8 +152,8 @@ def test_odd_strides_on_length_one_axes_are_kept():
 )
 def test_containers_unpack_to_default_collate(make, in_worker):
     batch = [make(i) for i in range(5)]
-    assert_same(unpack(through_queue(collate_for_transfer(batch))), default_collate(batch),
-                sharing=False)  # fmt: skip
+    got = unpack(through_queue(collate_for_transfer(batch)))
+    assert_same(got, default_collate(batch), sharing=False)
 
 
 @pytest.mark.parametrize(
@@ -264,16 +264,18 @@ def test_persistent_workers_over_two_epochs(local):
 @pytest.mark.parametrize("persistent", [False, True], ids=["fresh", "persistent"])
 def test_mid_epoch_resume_equals_an_uninterrupted_run(local, persistent):
     [want] = default_batches(local, num_workers=2)
-    first = StreamingDataLoader(_dataset(local), BATCH, num_workers=2,
-                                persistent_workers=persistent)  # fmt: skip
+    first = StreamingDataLoader(
+        _dataset(local), BATCH, num_workers=2, persistent_workers=persistent
+    )
     for k, batch in enumerate(first):
         assert_same(batch, want[k], sharing=False)
         if k == 2:
             break
     state = first.state_dict()
     assert state is not None and state["sample_in_epoch"] == 3 * BATCH
-    resumed = StreamingDataLoader(_dataset(local), BATCH, num_workers=2,
-                                  persistent_workers=persistent)  # fmt: skip
+    resumed = StreamingDataLoader(
+        _dataset(local), BATCH, num_workers=2, persistent_workers=persistent
+    )
     resumed.load_state_dict(state)
     got = list(resumed)
     assert len(got) == len(want) - 3
