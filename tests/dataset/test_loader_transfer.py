@@ -139,6 +139,13 @@ def test_odd_strides_on_length_one_axes_are_kept():
     assert torch.equal(got, odd)
 
 
+def test_tuples_lists_and_dicts_holding_tensors_keep_their_types():
+    value = {"t": (torch.ones(2), "a"), "l": [torch.zeros(1), (b"b",)], "d": {"x": torch.ones(())}}
+    packed, changed = transfer._pack(value)
+    assert changed
+    assert_same(unpack(through_queue(PackedBatch(packed))), value, sharing=False)
+
+
 @pytest.mark.parametrize(
     "make",
     [
