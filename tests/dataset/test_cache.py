@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import write_dataset
 
 from mdsloader.cache import ShardCache
 from mdsloader.catalog import load_catalog
@@ -23,6 +22,7 @@ from mdsloader.errors import (
     UnsafeTypeError,
 )
 from mdsloader.stream import Stream
+from tests.dataset.conftest import write_dataset
 
 
 def make_cache(remote: Path | None, local: Path, **stream_kw) -> ShardCache:

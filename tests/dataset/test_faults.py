@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_dataset
 
 from mdsloader.dataset import StreamingDataset
 from mdsloader.errors import ChecksumError, StorageUnavailableError, UnsafeTypeError
 from mdsloader.stream import Stream
+from tests.dataset.conftest import write_dataset
 
 
 def _ids(ds) -> list[int]:

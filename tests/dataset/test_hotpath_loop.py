@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_dataset
 
 import mdsloader.dataset as dataset_module
 from mdsloader.dataset import StreamingDataset
 from mdsloader.download import Lookahead, Prefetcher, plan_samples
 from mdsloader.stream import Stream
+from tests.dataset.conftest import write_dataset
 
 PAYLOAD = 24
 

@@ -12,13 +12,13 @@ import multiprocessing
 import os
 
 import pytest
-from conftest import write_dataset
 from oracle import rank_ids, reference_dataset, reference_work, worker_ids
 
 from mdsloader.dataloader import StreamingDataLoader
 from mdsloader.dataset import StreamingDataset
 from mdsloader.stream import Stream
 from mdsloader.world import World
+from tests.dataset.conftest import write_dataset
 
 pytestmark = pytest.mark.interop
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_dataset
 
 from mdsloader.dataset import StreamingDataset
+from tests.dataset.conftest import write_dataset
 
 
 @pytest.fixture

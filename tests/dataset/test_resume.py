@@ -5,11 +5,11 @@ different topology with the same global batch, and across our loader and the ref
 from __future__ import annotations
 
 import pytest
-from conftest import write_dataset
 from oracle import rank_ids, reference_dataset, reference_work
 
 from mdsloader.dataloader import StreamingDataLoader
 from mdsloader.dataset import StreamingDataset
+from tests.dataset.conftest import write_dataset
 
 SIZES = [37, 50, 13, 61, 44, 29, 55, 11]  # 300 samples
 KWARGS = {"batch_size": 4, "shuffle": True, "num_canonical_nodes": 2, "shuffle_block_size": 80}

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import write_dataset
+from s3_child import ensure_peak
 
 from mdsloader.dataloader import StreamingDataLoader
 from mdsloader.dataset import StreamingDataset
+from tests.dataset.conftest import write_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +56,6 @@ def test_a_changed_remote_index_replaces_the_cached_dataset(s3_bucket, tmp_path:
     assert sorted(int(s["id"]) for s in second) == list(range(500, 512))
 
 
-def _ensure_peak(remote: str, local: str, queue) -> None:  # pragma: no cover - spawned child
-    import tracemalloc
-
-    ds = StreamingDataset(remote=remote, local=local, batch_size=1, validate_hash="xxh64")
-    tracemalloc.start()
-    path = ds.cache.ensure(0)
-    queue.put((str(path), tracemalloc.get_traced_memory()[1]))
-
-
 def test_a_large_shard_downloads_in_bounded_memory(s3_bucket, tmp_path: Path):
     import multiprocessing
 
@@ -76,7 +68,7 @@ def test_a_large_shard_downloads_in_bounded_memory(s3_bucket, tmp_path: Path):
     remote = upload(s3_bucket, data, "big")
     ctx = multiprocessing.get_context("spawn")  # the S3 server's buffers stay in this process
     queue = ctx.Queue()
-    child = ctx.Process(target=_ensure_peak, args=(remote, str(tmp_path / "cache"), queue))
+    child = ctx.Process(target=ensure_peak, args=(remote, str(tmp_path / "cache"), queue))
     child.start()
     path, peak = queue.get(timeout=120)
     child.join(timeout=60)
