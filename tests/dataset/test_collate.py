@@ -20,14 +20,7 @@ from mdsloader import collate as collate_module
 from mdsloader.collate import fast_collate
 from mdsloader.dataloader import StreamingDataLoader
 from mdsloader.dataset import StreamingDataset
-
-SCALAR_TYPES = [
-    np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
-    np.float16, np.float32, np.float64, np.bool_,
-]  # fmt: skip
-ARRAY_SHAPES = [
-    (), (0,), (5,), (2, 3), (3, 0), (0, 2), (3, 1, 1), (1, 1, 3), (2, 3, 4), (2, 1, 3, 1),
-]  # fmt: skip
+from tests.dataset.collate_cases import ARRAY_SHAPES, SCALAR_TYPES
 
 
 @pytest.fixture(params=[False, True], ids=["main", "worker"])
