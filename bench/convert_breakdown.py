@@ -1,0 +1,137 @@
+"""Where a conversion's CPU goes: the floor that any exact Spark -> MDS converter pays here.
+
+On the bench/convert.py frame (cached, 8 partitions, local[2]) it measures, as JVM and Python-worker
+CPU seconds read from /proc (best of ``--repeat``):
+
+* Spark's cached-row -> Arrow transfer into Python workers that do nothing with the batches;
+* the null check that must pass before any shard is written (``worker.convert.nulls``);
+* our whole conversion (``dataframe_to_mds``), including its own null check;
+
+then the CPU of zstd level 3 (multi-threaded mode, as the reference's python-zstd) and xxh64 over
+the raw shards that conversion produced. Transfer, null check and compression summed are the floor.
+
+    python bench/convert_breakdown.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from convert import build_session, make_frame  # bench/convert.py
+
+
+def cpu_by_kind() -> dict[str, float]:
+    """CPU seconds so far of the JVM and of the other Python processes (Spark's workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {"java": 0.0, "python": 0.0}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline") as fh:
+                command = fh.read().split("\0")
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / ticks
+        if "java" in command[0]:
+            out["java"] += seconds
+        elif int(entry) != os.getpid() and "python" in command[0]:
+            out["python"] += seconds
+    return out
+
+
+def measure(fn: Callable[[], object], repeat: int) -> tuple[float, float, float]:
+    """(wall, JVM CPU, worker CPU) of the run with the least CPU."""
+    runs = []
+    for _ in range(repeat):
+        before, start = cpu_by_kind(), time.perf_counter()
+        fn()
+        wall, after = time.perf_counter() - start, cpu_by_kind()
+        runs.append((wall, after["java"] - before["java"], after["python"] - before["python"]))
+    return min(runs, key=lambda r: r[1] + r[2])
+
+
+def _discard(batches: Iterator) -> Iterator:
+    import pyarrow as pa
+
+    rows = sum(batch.num_rows for batch in batches)
+    yield pa.RecordBatch.from_pydict({"n": [rows]})
+
+
+def compression_cpu(dataset: Path) -> tuple[int, float, float]:
+    """(raw bytes, zstd:3 CPU s, xxh64 CPU s) over the dataset's shards."""
+    import xxhash
+    import zstandard
+
+    raws = [
+        zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+        for path in sorted(dataset.rglob("*.zstd"))
+    ]
+    compressor = zstandard.ZstdCompressor(level=3, threads=-1)
+    start = time.process_time()
+    for raw in raws:
+        compressor.compress(raw)
+    zstd_cpu = time.process_time() - start
+    start = time.process_time()
+    for raw in raws:
+        xxhash.xxh64(raw).digest()
+    return sum(map(len, raws)), zstd_cpu, time.process_time() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    from worker.convert.nulls import count_nulls
+    from worker.convert.pipeline import dataframe_to_mds
+    from worker.convert.schema import plan_columns, projection
+
+    spark = build_session("local[2]")
+    spark.sparkContext.setLogLevel("ERROR")
+    df = make_frame(spark, args.rows)
+    plans = plan_columns(df.schema, None)
+    projected = df.select(*projection(plans))
+    root = Path(tempfile.mkdtemp(prefix="bench-breakdown-"))
+    runs = iter(range(1_000_000))
+
+    def convert() -> None:
+        dataframe_to_mds(df, str(root / f"run{next(runs)}"), compression="zstd:3",
+                         hashes=("xxh64",), size_limit=1 << 26)
+
+    try:
+        rows = [
+            ("Arrow transfer to idle Python workers", measure(
+                lambda: projected.mapInArrow(_discard, "n long").collect(), args.repeat)),
+            ("null check", measure(lambda: count_nulls(df, plans), args.repeat)),
+            ("whole conversion (ours)", measure(convert, args.repeat)),
+        ]
+        raw, zstd_cpu, hash_cpu = compression_cpu(root / "run0")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        spark.stop()
+    print(f"\n{args.rows:,} rows, local[2]; CPU seconds, best of {args.repeat}\n")
+    print("| step | wall s | JVM CPU s | Python workers CPU s |")
+    print("|---|---:|---:|---:|")
+    for name, (wall, java, python) in rows:
+        print(f"| {name} | {wall:.2f} | {java:.2f} | {python:.2f} |")
+    print(f"\nzstd:3 over {raw / 1e6:.0f} MB of shards: {zstd_cpu:.2f} CPU s; "
+          f"xxh64: {hash_cpu:.2f} CPU s")
+    (_, (_, t_java, t_py)), (_, (_, n_java, _)) = rows[0], rows[1]
+    floor = t_java + t_py + n_java + zstd_cpu
+    print(f"floor (transfer + null check + zstd): {floor:.1f} CPU s = {floor / 2:.2f} s on 2 cores")
+
+
+if __name__ == "__main__":
+    main()
