@@ -44,6 +44,7 @@ from mdsloader.stream import INDEX_BASENAME, LOCK_DIR
 if TYPE_CHECKING:
     from mdsloader.stream import Stream
 
+_READ_PIECE = 1 << 20  # bytes of a local zip read at a time when decompressing it
 _UNITS = {"kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40, "pb": 1 << 50}
 
 
@@ -468,14 +469,15 @@ class _ShardSink:
 def _decompress_file(codec: Any, source: Path, target: Path) -> None:
     """Decompress a whole shard file; zstd streams in constant memory (several downloads may be
     decompressing at once), other codecs go through the format package in one piece."""
-    if codec.family == "zstd":
-        import zstandard
-
-        try:
-            with open(source, "rb") as src, open(target, "wb") as dst:
-                zstandard.ZstdDecompressor().copy_stream(src, dst)
-        except zstandard.ZstdError as exc:
-            raise CompressionError(f"{source} is not valid zstd data: {exc}") from exc
+    if codec.can_stream:
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            decompressor = codec.stream_decompressor(dst)
+            try:
+                for piece in iter(lambda: src.read(_READ_PIECE), b""):
+                    decompressor.write(piece)
+                decompressor.flush()
+            except CompressionError as exc:
+                raise CompressionError(f"{source} is not valid zstd data: {exc}") from exc
         return
     with open(source, "rb") as src, mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as data:
         target.write_bytes(codec.decompress(data))
