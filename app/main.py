@@ -15,7 +15,7 @@ from app.outbox import OutboxSweeper
 from app.routes import health, jobs
 from app.service import TASK_NAME, Enqueuer, JobService
 from app.settings import AppSettings, get_app_settings
-from app.targets import parse_allow_list
+from worker.access.targets import parse_allow_list
 from worker.celery_app import make_celery
 from worker.jobs import RedisJobStore
 from worker.metrics import RedisJobCollector

@@ -13,7 +13,7 @@ from app.errors import (
     TargetNotAllowed,
 )
 from app.schemas import JobCreate
-from app.targets import Target, TargetError, TargetNotAllowedError, resolve_target
+from worker.access.targets import Target, TargetError, TargetNotAllowedError, resolve_target
 from worker.jobs import (
     FINAL_STATES,
     IdempotencyConflictError,

@@ -14,7 +14,7 @@ from app.auth import check_bearer
 from app.errors import Unauthorized
 from app.schemas import MAX_SIZE_LIMIT, parse_size
 from app.settings import AppSettings
-from app.targets import (
+from worker.access.targets import (
     TargetError,
     TargetNotAllowedError,
     parse_allow_list,
