@@ -40,10 +40,17 @@ class AppError(Exception):
     code: ClassVar[str] = "internal_error"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(self, detail: str, *, errors: list[FieldError] | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.errors = errors
+        self.headers = headers
 
     def problem(self) -> Problem:
         return Problem(
@@ -64,8 +71,16 @@ class Unauthorized(AppError):
     status_code, code, title = 401, "unauthorized", "Unauthorized"
 
 
+class Forbidden(AppError):
+    status_code, code, title = 403, "forbidden", "Forbidden"
+
+
 class TargetNotAllowed(AppError):
     status_code, code, title = 403, "target_not_allowed", "Target not allowed"
+
+
+class SourceNotAllowed(AppError):
+    status_code, code, title = 403, "source_not_allowed", "Source not allowed"
 
 
 class JobNotFound(AppError):
@@ -84,6 +99,10 @@ class JobNotCancellable(AppError):
     status_code, code, title = 409, "job_not_cancellable", "Job not cancellable"
 
 
+class RequestTooLarge(AppError):
+    status_code, code, title = 413, "request_too_large", "Request body too large"
+
+
 class InvalidRequest(AppError):
     status_code, code, title = 422, "invalid_request", "Invalid request"
 
@@ -92,22 +111,47 @@ class IdempotencyConflict(AppError):
     status_code, code, title = 422, "idempotency_conflict", "Idempotency key reused"
 
 
+class QuotaExceeded(AppError):
+    status_code, code, title = 429, "quota_exceeded", "Too many active jobs"
+
+
+class QueueFull(AppError):
+    status_code, code, title = 429, "queue_full", "Queue full"
+
+
 class StoreUnavailable(AppError):
     status_code, code, title = 503, "store_unavailable", "Job store unavailable"
 
 
-# Declared on routes via `responses=` so the OpenAPI document shows the one error model.
+class AuthUnavailable(AppError):
+    status_code, code, title = 503, "auth_unavailable", "Access configuration unavailable"
+
+
+class Internal(AppError):
+    status_code, code, title = 500, "internal_error", "Internal error"
+
+
+# Declared on routes via `responses=` so the OpenAPI document shows the one error model (the
+# content type is fixed to problem+json by app.openapi). Errors sharing a status are listed
+# together in its description.
 def problem_responses(*errors: type[AppError]) -> dict[int | str, dict[str, object]]:
+    by_status: dict[int, list[type[AppError]]] = {}
+    for error in errors:
+        by_status.setdefault(error.status_code, []).append(error)
     return {
-        e.status_code: {"model": Problem, "description": e.title, "content": {PROBLEM_JSON: {}}}
-        for e in errors
+        status: {
+            "model": Problem,
+            "description": "; ".join(f"{e.title} (`{e.code}`)" for e in group),
+        }
+        for status, group in sorted(by_status.items())
     }
 
 
 def render(error: AppError, headers: dict[str, str] | None = None) -> JSONResponse:
     body = error.problem().model_dump(exclude_none=True)
+    merged = {**(error.headers or {}), **(headers or {})}
     return JSONResponse(
-        body, status_code=error.status_code, media_type=PROBLEM_JSON, headers=headers
+        body, status_code=error.status_code, media_type=PROBLEM_JSON, headers=merged or None
     )
 
 
@@ -138,20 +182,39 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})  # keeps 405's Allow
     if exc.status_code == 405:
-        return render(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
-    if exc.status_code == 404:
-        return render(NotFound(f"no route {request.url.path}"))
-    error = AppError(str(exc.detail))
-    body = error.problem().model_copy(update={"status": exc.status_code, "code": "http_error"})
-    return JSONResponse(
-        body.model_dump(exclude_none=True), exc.status_code, media_type=PROBLEM_JSON
-    )
+        error: AppError = MethodNotAllowed(
+            f"{request.method} is not allowed on {request.url.path}"
+        )
+    elif exc.status_code == 404:
+        error = NotFound(f"no route {request.url.path}")
+    elif exc.status_code == 400:
+        # FastAPI's answer to a body it could not decode at all (for example JSON nested deeper
+        # than the parser's recursion limit): malformed, like any other undecodable body.
+        error = MalformedRequest(f"the request body could not be parsed: {exc.detail}")
+    else:
+        error = _BY_STATUS.get(exc.status_code, Internal)(str(exc.detail))
+    return render(error, headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request.crashed", extra={"path": request.url.path})
+    return render(Internal("the server failed to handle the request; it is logged"))
 
 
 async def _on_redis(request: Request, exc: Exception) -> JSONResponse:
     log.warning("store.unavailable", extra={"error": repr(exc), "path": request.url.path})
     return render(StoreUnavailable(f"the job store (Redis) is not reachable: {exc}"))
+
+
+_BY_STATUS: dict[int, type[AppError]] = {
+    cls.status_code: cls
+    for cls in (
+        MalformedRequest, Unauthorized, Forbidden, MethodNotAllowed, RequestTooLarge,
+        InvalidRequest, QueueFull, StoreUnavailable,
+    )
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -160,3 +223,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(redis.ConnectionError, _on_redis)
     app.add_exception_handler(redis.TimeoutError, _on_redis)
+    app.add_exception_handler(Exception, _on_unexpected)

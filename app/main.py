@@ -9,13 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from app.auth import BearerAuthMiddleware
+from app.auth import BearerAuthMiddleware, BodyLimitMiddleware
 from app.errors import install_error_handlers
+from app.openapi import install_openapi
 from app.outbox import OutboxSweeper
 from app.routes import health, jobs
-from app.service import TASK_NAME, Enqueuer, JobService
+from app.service import TASK_NAME, Admission, Enqueuer, JobService
 from app.settings import AppSettings, get_app_settings
-from worker.access.targets import parse_allow_list
+from worker.access.principals import build_registry
 from worker.celery_app import make_celery
 from worker.jobs import RedisJobStore
 from worker.metrics import RedisJobCollector
@@ -36,15 +37,23 @@ def celery_enqueuer(settings: AppSettings) -> Enqueuer:
 def create_app(settings: AppSettings | None = None, *, enqueue: Enqueuer | None = None) -> FastAPI:
     """Build the service. ``enqueue`` replaces the Celery producer (tests, benchmarks)."""
     settings = settings or get_app_settings()
+    principals = build_registry(settings)  # a bad principals file stops the start here
     if settings.auth_disabled:
         log.warning("auth.disabled: every request is accepted without a token (development only)")
-    elif not settings.api_tokens:
-        log.warning("auth.no_tokens: no APP_API_TOKENS configured, every /v1 request gets 401")
+    elif not principals.configured:
+        log.warning(
+            "auth.no_principals: neither APP_PRINCIPALS_FILE nor APP_API_TOKENS is configured, "
+            "every /v1 request gets 401"
+        )
     store = RedisJobStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
     service = JobService(
         store,
         enqueue or celery_enqueuer(settings),
-        parse_allow_list(settings.effective_allowed_targets()),
+        Admission(
+            max_active_jobs=settings.max_active_jobs,
+            max_queue_depth=settings.max_queue_depth,
+            retry_after=settings.retry_after,
+        ),
     )
 
     @asynccontextmanager
@@ -72,8 +81,12 @@ def create_app(settings: AppSettings | None = None, *, enqueue: Enqueuer | None 
     registry.register(RedisJobCollector(store, settings.celery_queue))
     app.state.settings, app.state.store, app.state.service = settings, store, service
     app.state.registry = registry
+    app.state.principals = principals
     app.include_router(jobs.router)
     app.include_router(health.router)
     install_error_handlers(app)
-    app.add_middleware(BearerAuthMiddleware, settings=settings)
+    install_openapi(app)
+    # The last added runs first: authentication, then the body limit, then FastAPI.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BearerAuthMiddleware, registry=principals)
     return app

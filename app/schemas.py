@@ -50,8 +50,11 @@ SizeLimit = Annotated[
 class JobCreate(BaseModel):
     """The body of ``POST /v1/jobs``. Unknown fields are refused."""
 
+    # strict: a JSON string is never turned into a number or a number into a string ("8" is
+    # not a partition count); size_limit's own parser is the one deliberate exception.
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "example": {
                 "source_table": "sales.events",
@@ -132,10 +135,13 @@ class JobCreate(BaseModel):
                     raise ValueError(f"column {name!r}: {exc}") from None
         return value
 
-    def to_request(self, target: str) -> JobRequest:
-        """The normalised request, with ``target`` already resolved against the allow-list."""
+    def to_request(self, target: str, source_table: str | None = None) -> JobRequest:
+        """The normalised request, with ``target`` (and a path source) already resolved
+        against the caller's grants."""
         data = self.model_dump()
         data["target"] = target
+        if source_table is not None:
+            data["source_table"] = source_table
         return JobRequest.model_validate(data)
 
 

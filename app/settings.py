@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from worker.settings import SharedSettings
 
 log = logging.getLogger("app.settings")
-
-
-def _split_commas(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class AppSettings(SharedSettings):
@@ -25,12 +18,6 @@ class AppSettings(SharedSettings):
 
     model_config = SettingsConfigDict(env_prefix="APP_", extra="ignore", populate_by_name=True)
 
-    api_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
-    # Development only: every request is accepted without a token (logged loudly at start).
-    auth_disabled: bool = False
-    # s3:// prefixes and local roots (absolute paths or file:// URIs) that jobs may write under.
-    # Empty means: only <data_dir>/datasets.
-    allowed_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     # Jobs stored but not confirmed on the broker after this long are enqueued again.
@@ -39,11 +26,12 @@ class AppSettings(SharedSettings):
     max_page_size: int = Field(200, ge=1)
     log_json: bool = True
 
-    _split_tokens = field_validator("api_tokens", mode="before")(_split_commas)
-    _split_targets = field_validator("allowed_targets", mode="before")(_split_commas)
-
-    def effective_allowed_targets(self) -> list[str]:
-        return self.allowed_targets or [str((self.data_dir / "datasets").resolve())]
+    # Admission control: queued + running jobs per principal (a principal may override it),
+    # jobs waiting in the queue overall, and the largest request body read.
+    max_active_jobs: int = Field(50, ge=0)
+    max_queue_depth: int = Field(1000, ge=1)
+    retry_after: int = Field(10, ge=1)
+    max_body_bytes: int = Field(1 << 20, ge=1024)
 
 
 @functools.cache

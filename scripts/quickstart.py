@@ -71,6 +71,10 @@ class Session:
             REDIS_PREFIX=env.get("REDIS_PREFIX", "mdsconvert-quickstart"),
             CELERY_QUEUE=env.get("CELERY_QUEUE", "quickstart"),
             APP_API_TOKENS=self.token, APP_LOG_JSON="false", WORKER_LOG_JSON="false",
+            # Path-based sources need an allowed root: the quick start allows its demo folder.
+            APP_ALLOWED_SOURCE_PATHS=env.get(
+                "APP_ALLOWED_SOURCE_PATHS", str((self.data_dir / "demo").resolve())
+            ),
             SPARK_LOCAL_IP=env.get("SPARK_LOCAL_IP", "127.0.0.1"),
             PYSPARK_PYTHON=python, PYSPARK_DRIVER_PYTHON=python,
             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
@@ -245,8 +249,9 @@ Submit a job and follow it:
 or with the CLI:
   MDS_CONVERT_URL={session.api_url} MDS_CONVERT_TOKEN={session.token} \\
     .venv/bin/mds-convert submit {shlex.quote(table.source_table)} {target_root}/cli-events --wait
-Your own tables: path-based ones (parquet.`/path`, orc.`...`, json.`...`, csv.`...`) at any time;
-catalog tables live in the worker's embedded Derby metastore, which only one JVM may open.""",
+Your own tables: path-based ones (parquet.`/path`, orc.`...`, json.`...`, csv.`...`) under a folder
+listed in APP_ALLOWED_SOURCE_PATHS (set it before starting; the demo folder is allowed); catalog
+tables live in the worker's embedded Derby metastore, which only one JVM may open.""",
           flush=True)  # fmt: skip
     while True:
         session.supervisor.check_alive()

@@ -12,13 +12,25 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _shared(env: str, default: Any, **kwargs: Any) -> Any:
     """A field read from the unprefixed variable ``env`` (or by its own name when constructed)."""
     return Field(default, validation_alias=AliasChoices(env.lower(), env), **kwargs)
+
+
+def _access(name: str, default: Any = None, **kwargs: Any) -> Any:
+    """An access setting: named ``APP_<NAME>`` for both processes (the API checks it, the worker
+    checks the stored job again), so one deployment value reaches both."""
+    return Field(default, validation_alias=AliasChoices(name, f"APP_{name.upper()}"), **kwargs)
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class SharedSettings(BaseSettings):
@@ -35,6 +47,29 @@ class SharedSettings(BaseSettings):
     data_dir: Path = _shared("DATA_DIR", Path(".data"))
     # Longer than the longest job: an unacknowledged message is redelivered after this long.
     visibility_timeout: int = _shared("CELERY_VISIBILITY_TIMEOUT", 6 * 3600, ge=1)
+
+    # Access (see worker.access): who may read which source and write which target.
+    principals_file: Path | None = _access("principals_file")
+    api_tokens: Annotated[list[SecretStr], NoDecode] = _access("api_tokens", [])
+    # Development only: every request is accepted without a token (logged loudly at start).
+    auth_disabled: bool = _access("auth_disabled", False)
+    # s3:// prefixes and local roots (absolute paths or file:// URIs) that jobs may write under.
+    # Empty means: only <data_dir>/datasets.
+    allowed_targets: Annotated[list[str], NoDecode] = _access("allowed_targets", [])
+    # Catalog patterns ("sales.*", "main.sales.events", "*") and path roots that legacy tokens
+    # (APP_API_TOKENS) and anonymous development access may read. No path root by default.
+    allowed_sources: Annotated[list[str], NoDecode] = _access("allowed_sources", ["*"])
+    allowed_source_paths: Annotated[list[str], NoDecode] = _access("allowed_source_paths", [])
+    # What a one- or two-part table name means (the worker's Spark defaults).
+    source_default_catalog: str = _access("source_default_catalog", "spark_catalog")
+    source_default_database: str = _access("source_default_database", "default")
+
+    _split_lists = field_validator(
+        "api_tokens", "allowed_targets", "allowed_sources", "allowed_source_paths", mode="before"
+    )(_split_commas)
+
+    def effective_allowed_targets(self) -> list[str]:
+        return self.allowed_targets or [str((self.data_dir / "datasets").resolve())]
 
     @field_validator("spark_conf", mode="before")
     @classmethod
@@ -66,6 +101,16 @@ class WorkerSettings(SharedSettings):
     # How often the worker looks for unacknowledged messages whose visibility timeout expired.
     restore_interval: int = Field(10, ge=1)
     log_json: bool = True
+    # A job whose target is owned by another job looks again after this long (with jitter).
+    target_wait_interval: float = Field(2.0, gt=0)
+    # SIGTERM: a running job is cancelled and handed back to the queue; after this long (or on a
+    # second SIGTERM) the worker exits hard.
+    shutdown_timeout: float = Field(30.0, gt=0)
+    # Housekeeping removes overwritten generations and the run directories of failed, cancelled
+    # or abandoned jobs once they are this old (long enough for readers mid-epoch).
+    housekeeping_grace: float = Field(24 * 3600.0, ge=0)
+    # How often the periodic housekeeping task runs (celery beat); 0 disables the schedule.
+    housekeeping_interval: float = Field(3600.0, ge=0)
 
 
 @functools.cache

@@ -121,7 +121,8 @@ def rows() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def converted(stack, rows, tmp_path_factory) -> dict[str, Any]:
     """Submit the conversion over HTTP and wait for the worker to finish it."""
-    source = write_parquet(tmp_path_factory.mktemp("e2e-src") / "mixed", rows)
+    # Under the stack's folder: the only source root the service allows.
+    source = write_parquet(stack.base / "e2e-src" / "mixed", rows)
     target = f"{stack.bucket}/mixed/v1"
     body = {
         "source_table": source, "target": target, "compression": "zstd:3",

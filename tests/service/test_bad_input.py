@@ -49,7 +49,10 @@ BAD_FIELDS = [
     ({**BODY, "columns": {"x": "varchar"}}, "columns", "value_error"),
     ({**BODY, "columns": {}}, "columns", "value_error"),
     ({**BODY, "partitions": 0}, "partitions", "greater_than_equal"),
-    ({**BODY, "partitions": "many"}, "partitions", "int_parsing"),
+    ({**BODY, "partitions": "many"}, "partitions", "int_type"),
+    ({**BODY, "partitions": "8"}, "partitions", "int_type"),  # strict: no string -> number
+    ({**BODY, "partitions": 8.0}, "partitions", "int_type"),
+    ({**BODY, "compression": 7}, "compression", "string_type"),  # nor number -> string
     ({**BODY, "mode": "append"}, "mode", "literal_error"),
     ({**BODY, "null_policy": "drop"}, "null_policy", "literal_error"),
     ({**BODY, "target": "ftp://host/x"}, "target", "invalid_request"),

@@ -66,6 +66,7 @@ class Env:
             celery_queue=f"{self.prefix}-q",
             api_tokens=[TOKEN],
             allowed_targets=[bucket],
+            allowed_source_paths=[str(base)],
             outbox_delay=1,
             outbox_interval=1,
         )
@@ -83,6 +84,10 @@ class Env:
             "WORKER_PROGRESS_INTERVAL": "0.5",
             "WORKER_CANCEL_POLL_INTERVAL": "0.2",
             "WORKER_LOG_JSON": "true",
+            # The worker checks every job against the same grants as the API.
+            "APP_API_TOKENS": TOKEN,
+            "APP_ALLOWED_TARGETS": self.bucket,
+            "APP_ALLOWED_SOURCE_PATHS": str(self.base),
             # Short, so that a job of a killed worker is taken over quickly (test_kill_9_...).
             "WORKER_LEASE_TTL": "4",
             **extra,

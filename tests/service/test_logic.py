@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from app.auth import check_bearer
+from app.auth import authenticate
 from app.errors import Unauthorized
 from app.schemas import MAX_SIZE_LIMIT, parse_size
 from app.settings import AppSettings
+from worker.access.principals import build_registry
 from worker.access.targets import (
     TargetError,
     TargetNotAllowedError,
@@ -156,6 +157,10 @@ def test_symlinks_are_judged_by_where_they_lead(tmp_path: Path) -> None:
 def test_default_allow_list_is_the_data_dir(tmp_path: Path) -> None:
     settings = AppSettings(data_dir=tmp_path)
     assert settings.effective_allowed_targets() == [str(tmp_path / "datasets")]
+
+
+def check_bearer(header: str | None, settings: AppSettings) -> str:
+    return authenticate(header, build_registry(settings)).name
 
 
 def test_bearer_tokens() -> None:

@@ -30,10 +30,13 @@ RESULT = ConversionResult(**RESULT_FIELDS)
 
 
 @pytest.fixture
-def settings(redis_server, prefix) -> WorkerSettings:
+def settings(redis_server, prefix, tmp_path) -> WorkerSettings:
     return WorkerSettings(
         redis_url=redis_server.url,
         redis_prefix=prefix,
+        # The worker re-checks each job's grants; these records have no principal, so the
+        # global allow-lists apply.
+        allowed_targets=["s3://bkt", str(tmp_path), "/data"],
         cancel_poll_interval=0.05,
         progress_interval=0.1,
         lease_ttl=2,
