@@ -196,6 +196,67 @@ def cmd_worker_ping(args: argparse.Namespace) -> int:
     return 0 if replies else 1
 
 
+def cmd_mint_token(args: argparse.Namespace) -> int:
+    """Print a new random token once, and the principals-file entry that holds its digest."""
+    import secrets
+
+    import yaml
+
+    from worker.access.principals import PrincipalEntry, token_digest
+
+    token = secrets.token_urlsafe(32)
+    entry = {
+        "name": args.name,
+        "tokens": [token_digest(token)],
+        "scopes": args.scope or ["jobs:submit", "jobs:read", "jobs:cancel"],
+        "sources": args.source or [],
+        "source_paths": args.source_path or [],
+        "targets": args.target or [],
+    }
+    if args.max_active_jobs is not None:
+        entry["max_active_jobs"] = args.max_active_jobs
+    PrincipalEntry.model_validate(entry)  # refuse what the service would refuse to load
+    print(f"token (shown once; hand it to {args.name!r} through a secret store):", file=sys.stderr)
+    print(token)
+    print("add to the principals file (APP_PRINCIPALS_FILE) under 'principals:':", file=sys.stderr)
+    print(yaml.safe_dump([entry], sort_keys=False, default_flow_style=None).rstrip())
+    return 0
+
+
+def cmd_hash_token(args: argparse.Namespace) -> int:
+    """The digest of a token read from stdin (migrating APP_API_TOKENS to a principals file)."""
+    from worker.access.principals import token_digest
+
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("hash-token: pass the token on stdin", file=sys.stderr)
+        return 2
+    print(token_digest(token))
+    return 0
+
+
+def cmd_housekeeping(args: argparse.Namespace) -> int:
+    """Remove overwritten generations and dead run directories now (``--dry-run``: list them)."""
+    from worker.housekeeping import housekeeping_round
+    from worker.jobs import RedisJobStore
+    from worker.settings import get_worker_settings
+
+    settings = get_worker_settings()
+    grace = settings.housekeeping_grace if args.grace is None else args.grace
+    store = RedisJobStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
+    report = housekeeping_round(store, grace, dry_run=args.dry_run)
+    if args.json:
+        _print(report.as_dict())
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        for url in report.removed:
+            print(f"{verb} {url}")
+        for line in report.skipped:
+            print(f"skipped {line}")
+        print(f"{verb} {len(report.removed)} paths, {report.files} files")
+    return 0
+
+
 def _client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--url", default=os.environ.get("MDS_CONVERT_URL", DEFAULT_URL))
     parser.add_argument("--token", default=os.environ.get("MDS_CONVERT_TOKEN"))
@@ -256,8 +317,35 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(func=cmd_worker)
 
+    mint = sub.add_parser(
+        "mint-token", help="create a token and print the principals-file entry for it"
+    )
+    mint.add_argument("--name", required=True, help="the principal's name")
+    mint.add_argument(
+        "--scope",
+        action="append",
+        choices=["jobs:submit", "jobs:read", "jobs:cancel", "admin"],
+        help="repeatable; default jobs:submit, jobs:read, jobs:cancel",
+    )
+    mint.add_argument("--source", action="append", help="catalog pattern, e.g. 'sales.*'")
+    mint.add_argument("--source-path", action="append", help="root for path-based sources")
+    mint.add_argument("--target", action="append", help="allowed target prefix")
+    mint.add_argument("--max-active-jobs", type=int, help="override the global quota")
+    mint.set_defaults(func=cmd_mint_token)
+
+    hashing = sub.add_parser("hash-token", help="print the digest of a token read from stdin")
+    hashing.set_defaults(func=cmd_hash_token)
+
     ping = sub.add_parser("worker-ping", help="exit 0 if this host's worker answers")
     ping.set_defaults(func=cmd_worker_ping)
+
+    house = sub.add_parser(
+        "housekeeping", help="remove overwritten generations and dead run directories"
+    )
+    house.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    house.add_argument("--grace", type=float, help="seconds (default WORKER_HOUSEKEEPING_GRACE)")
+    house.add_argument("--json", action="store_true", help="print the report as JSON")
+    house.set_defaults(func=cmd_housekeeping)
     return parser
 
 

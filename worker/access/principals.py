@@ -79,7 +79,7 @@ class PrincipalEntry(BaseModel):
     # No ':' so that a file principal can never be mistaken for a legacy token principal.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
     tokens: list[Digest] = Field(min_length=1)
-    scopes: list[Scope] = Field(min_length=1)
+    scopes: list[Annotated[Scope, Field(strict=False)]] = Field(min_length=1)  # from text
     sources: list[str] = Field(default_factory=list)
     source_paths: list[str] = Field(default_factory=list)
     targets: list[str] = Field(default_factory=list)
