@@ -127,6 +127,10 @@ class JobResult(_Model):
     zip_bytes: int
     columns: dict[str, str]
 
+    # Where the conversion is (e.g. "starting_spark" while a fresh worker's Spark starts) and
+    # which read path runs ("direct" or "spark"); see worker.convert.model.ConversionProgress.
+    phase: str | None = None
+    read_path: str | None = None
 
 class JobError(_Model):
     code: str
@@ -136,6 +140,8 @@ class JobError(_Model):
 
 class TransitionEntry(_Model):
     """One edge taken by the record (``from`` is a keyword, hence ``source``/``target``)."""
+    read_path: str | None = None  # "direct" (pyarrow on the executors) or "spark" (mapInArrow)
+    read_path_reason: str | None = None
 
     source: JobState | None
     target: JobState

@@ -41,6 +41,10 @@ class ConversionProgress:
     bytes_written: int = 0
     partitions_done: int = 0
     partitions_total: int = 0
+    # "starting_spark", "planning", "writing" or "publishing"; None before the conversion began.
+    phase: str | None = None
+    # "direct" (executors read the table's files with pyarrow) or "spark" (mapInArrow).
+    read_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +57,5 @@ class ConversionResult:
     raw_bytes: int
     zip_bytes: int
     columns: dict[str, str]
+    read_path: str | None = None  # "direct" or "spark", see ConversionProgress
+    read_path_reason: str | None = None  # why that path (why not the direct one)

@@ -1,5 +1,6 @@
-"""The null policy: MDS has no null, so missing values are counted first and then refused,
-dropped (``skip``) or replaced (``fill``) before anything is written.
+"""The null policy: MDS has no null, so missing values are refused (``error``), dropped
+(``skip``) or replaced (``fill``). Spark applies ``skip`` and ``fill``; the executors count what
+is still missing while they encode, and the job fails on it without publishing anything.
 
 "Missing" also covers what an ``ndarray`` cannot hold: an empty array, and (counted separately as
 "null elements") a null inside a numeric array.
@@ -73,14 +74,16 @@ def count_nulls(df: DataFrame, plans: list[ColumnPlan]) -> NullCounts:
 def apply_null_policy(
     df: DataFrame,
     plans: list[ColumnPlan],
-    counts: NullCounts,
     policy: NullPolicy,
     fill_values: Mapping[str, object] | None = None,
 ) -> DataFrame:
-    """Return ``df`` with the policy applied, or raise before anything is written.
+    """Return ``df`` with ``skip`` or ``fill`` applied in Spark (``error`` returns it unchanged).
+
+    Nothing is counted here: the executors count what is still missing while they encode
+    (``worker.convert.null_tally``), and :func:`null_error` turns those counts into the job's
+    error, so the source is read once.
 
     Raises:
-        NullValuesError: nulls found and the policy is ``error`` (or ``fill`` without a value).
         PermanentConversionError: an unknown policy, or a fill value that does not fit
             (code ``invalid_fill_value``).
     """
@@ -89,15 +92,27 @@ def apply_null_policy(
         raise PermanentConversionError(f"unknown null policy {policy!r}", code="invalid_request")
     if policy == "fill":
         _validate_fill_values(df.schema, plans, fill_values)
-    if not counts.has_nulls:
-        return df
-    if policy == "error":
-        raise NullValuesError(
-            f"null values found ({counts.describe()}); set null_policy to 'skip' or 'fill'"
-        )
+        return _fill(df, plans, fill_values)
     if policy == "skip":
-        return df.filter(~_any_bad(plans, counts, _types(df)))
-    return _fill(df, plans, counts, fill_values)
+        return df.filter(~_any_bad(plans, _types(df)))
+    return df
+
+
+def null_error(counts: NullCounts, policy: NullPolicy) -> NullValuesError:
+    """The error of a conversion whose encoded rows still held ``counts`` under ``policy``."""
+    if policy == "fill":
+        if any(counts.null_elements.values()):
+            return NullValuesError(
+                f"null elements inside arrays cannot be filled ({counts.describe()}); "
+                "use null_policy='skip'"
+            )
+        lacking = sorted(name for name, n in counts.missing.items() if n)
+        return NullValuesError(
+            f"null_policy='fill' needs a fill value for {lacking} ({counts.describe()})"
+        )
+    return NullValuesError(
+        f"null values found ({counts.describe()}); set null_policy to 'skip' or 'fill'"
+    )
 
 
 def _types(df: DataFrame) -> dict[str, T.DataType]:
@@ -164,36 +179,23 @@ def _count_where(predicate: Column) -> Column:
     return F.sum(F.when(predicate, 1).otherwise(0))
 
 
-def _any_bad(
-    plans: list[ColumnPlan], counts: NullCounts, types: Mapping[str, T.DataType]
-) -> Column:
+def _any_bad(plans: list[ColumnPlan], types: Mapping[str, T.DataType]) -> Column:
     predicates = []
     for plan in plans:
         missing, holes = _predicates(plan, types.get(plan.name))
-        if missing is not None and counts.missing.get(plan.name):
+        if missing is not None:
             predicates.append(F.coalesce(missing, F.lit(True)))
-        if holes is not None and counts.null_elements.get(plan.name):
+        if holes is not None:
             predicates.append(F.coalesce(holes, F.lit(True)))
     return reduce(lambda a, b: a | b, predicates, F.lit(False))
 
 
-def _fill(
-    df: DataFrame, plans: list[ColumnPlan], counts: NullCounts, fill_values: dict[str, object]
-) -> DataFrame:
-    holes = {name: n for name, n in counts.null_elements.items() if n}
-    if holes:
-        raise NullValuesError(
-            f"null elements inside arrays cannot be filled ({counts.describe()}); "
-            "use null_policy='skip'"
-        )
-    lacking = {name: n for name, n in counts.missing.items() if n and name not in fill_values}
-    if lacking:
-        raise NullValuesError(
-            f"null_policy='fill' needs a fill value for {sorted(lacking)} ({counts.describe()})"
-        )
+def _fill(df: DataFrame, plans: list[ColumnPlan], fill_values: dict[str, object]) -> DataFrame:
+    """Replace the missing values of every column that has a fill value; what remains missing
+    (columns without one, null elements) is counted by the executors and fails the job."""
     types = {f.name: f.dataType for f in df.schema.fields}
     for plan in plans:
-        if not counts.missing.get(plan.name):
+        if plan.name not in fill_values:
             continue
         missing, _ = _predicates(plan)
         value = F.lit(fill_values[plan.name]).cast(types[plan.name])

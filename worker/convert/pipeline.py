@@ -3,31 +3,42 @@
 Order of work, so that a bad request never leaves files behind:
 1. validate everything on the driver (columns and encodings, compression, hashes, size limit,
    the target's existing index under ``mode``);
-2. count nulls in one Spark aggregation and apply the null policy;
-3. write shards from the executors (``mapInArrow``) under ``<target>/<run dir>/<partition>/``,
-   inside a Spark job group that a cancel request cancels;
-4. merge the partitions' shard lists and publish ``index.json`` last (``worker.convert.publish``).
-A failure or cancellation after step 3 started removes the run directory and publishes nothing.
+2. choose the read path: a bare Parquet/ORC table is read by the executors with pyarrow along
+   Spark's own splits (``worker.convert.direct_plan``); anything else goes through
+   ``mapInArrow``, with the reason recorded in the result;
+3. write shards from the executors under ``<target>/<run dir>/<partition>/``, counting missing
+   values as they encode (one pass over the source), inside a Spark job group that a cancel
+   request cancels;
+4. fail on missing values (the null policy), or merge the partitions' shard lists and publish
+   ``index.json`` last (``worker.convert.publish``).
+A failure, a null under ``null_policy="error"`` or a cancellation removes the run directory and
+publishes nothing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
-from pyspark.sql import DataFrame, Row, SparkSession
+from py4j.protocol import Py4JError
+from pyspark.sql import DataFrame, SparkSession
 
 from mdsloader.errors import MDSError
 from mdsloader.mds.compression import get_codec
 from mdsloader.mds.hashing import check_hash_names
 from mdsloader.mds.index import parse_index
 from mdsloader.storage import Storage, open_storage
+from worker.convert.direct_plan import DirectPlan, NotDirect, plan_direct_read
+from worker.convert.direct_read import DirectPartitionWriter
 from worker.convert.failures import to_conversion_error
 from worker.convert.model import ConversionResult, ConversionSpec, Mode, NullPolicy
-from worker.convert.nulls import apply_null_policy, count_nulls
+from worker.convert.null_tally import NullTally
+from worker.convert.nulls import NullCounts, apply_null_policy, null_error
 from worker.convert.partitions import RESULT_SCHEMA, PartitionWriter, WriteOptions
 from worker.convert.progress import JobMonitor, ProgressCallback
 from worker.convert.publish import INDEX, PartitionOutput, Publisher, check_run_dir
@@ -37,6 +48,7 @@ from worker.errors import ConversionCancelled, ConversionError, PermanentConvers
 
 MAX_SIZE_LIMIT = (1 << 32) - 1  # uint32 offsets (mds-format.md 1.3)
 _CANCELLED = "the conversion was cancelled; nothing was published"
+ReadPath = Literal["auto", "spark"]
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +64,15 @@ class _Request:
     options: WriteOptions
     publisher: Publisher
     storage: Storage
+
+
+@dataclass(slots=True)
+class _Written:
+    """What the executors reported, and which read path produced it."""
+
+    rows: list[Mapping[str, Any]]
+    read_path: str
+    reason: str
 
 
 def convert_table(
@@ -94,6 +115,7 @@ def dataframe_to_mds(
     null_policy: NullPolicy = "error",
     fill_values: Mapping[str, object] | None = None,
     run_id: str | None = None,
+    read_path: ReadPath = "auto",
 ) -> ConversionResult:
     """Write ``df`` as an MDS dataset at ``out`` (a local directory or ``s3://bucket/prefix``).
 
@@ -111,6 +133,8 @@ def dataframe_to_mds(
         null_policy: ``error``, ``skip`` (drop rows with nulls) or ``fill`` (``fill_values``).
         fill_values: Per-column replacement values for ``null_policy="fill"``.
         run_id: Names the run directory; a redelivered job passes the same id.
+        read_path: ``auto`` reads bare Parquet/ORC tables with pyarrow on the executors and
+            everything else through ``mapInArrow``; ``spark`` always uses ``mapInArrow``.
 
     Raises:
         ConversionError: see :func:`convert_table`.
@@ -119,8 +143,8 @@ def dataframe_to_mds(
         request = _prepare(df, out, columns, compression, hashes, size_limit, mode, run_id)
         _check_cancel(cancel)
         policy = _NullPolicy(null_policy, dict(fill_values or {}))
-        outputs = _run_jobs(df, request, policy, partitions, progress, cancel)
-        return _publish(request, outputs)
+        written = _run_jobs(df, request, policy, partitions, progress, cancel, read_path)
+        return _publish(request, written)
     except ConversionError:
         raise
     except Exception as exc:
@@ -168,15 +192,20 @@ def _run_jobs(
     partitions: int | None,
     progress: ProgressCallback | None,
     cancel: threading.Event | None,
-) -> list[PartitionOutput]:
-    """Count nulls, then write every partition, all in one cancellable Spark job group."""
+    read_path: ReadPath,
+) -> _Written:
+    """Write every partition, all in one cancellable Spark job group, and apply the null
+    policy to what the executors counted."""
     sc = df.sparkSession.sparkContext
     group = f"mds-convert-{uuid.uuid4().hex[:12]}"
     monitor = JobMonitor(sc, group, progress=progress, cancel=cancel)
+    monitor.phase = "planning"
     sc.setJobGroup(group, f"MDS conversion to {request.storage.url}", interruptOnCancel=True)
     try:
         with monitor:
-            collected = _write(df, request, policy, partitions, monitor)
+            written = _write(df, request, policy, partitions, monitor, read_path)
+            _check_nulls(written.rows, policy.name)
+            monitor.phase = "publishing"
         monitor.report()
     except BaseException as exc:
         _abandon(monitor, request.publisher)
@@ -189,7 +218,7 @@ def _run_jobs(
     if cancel is not None and cancel.is_set():
         _abandon(monitor, request.publisher)
         raise ConversionCancelled(_CANCELLED)
-    return _outputs(collected)
+    return written
 
 
 def _write(
@@ -198,18 +227,91 @@ def _write(
     policy: _NullPolicy,
     partitions: int | None,
     monitor: JobMonitor,
-) -> list[Row]:
-    counts = count_nulls(df, request.plans)
-    rows = apply_null_policy(df, request.plans, counts, policy.name, policy.fill_values)
+    read_path: ReadPath,
+) -> _Written:
+    rows = apply_null_policy(df, request.plans, policy.name, policy.fill_values)
     if partitions:
         rows = rows.repartition(int(partitions))
     projected = rows.select(*projection(request.plans))
+    direct, reason = _choose_read_path(projected, request, policy, partitions, read_path)
+    options = _with_channel(request.options, monitor, df.sparkSession)
+    if direct is not None:
+        monitor.read_path, monitor.phase = "direct", "writing"
+        collected = _write_direct(df.sparkSession, direct, options, monitor)
+        unreadable = [row["unreadable"] for row in collected if row.get("unreadable")]
+        if not unreadable:
+            return _Written(collected, "direct", reason)
+        # A file pyarrow cannot read as Spark does (e.g. a schema-evolved table): start over.
+        reason = f"direct read refused: {unreadable[0]}"
+        log.info("conversion.direct_read_refused reason=%s", reason)
+        request.publisher.discard()
+        monitor.reset_counts()
+    monitor.read_path, monitor.phase = "spark", "writing"
     monitor.partitions_total = projected.rdd.getNumPartitions()
-    writer = PartitionWriter(request.options, monitor.counters)
-    return projected.mapInArrow(writer, RESULT_SCHEMA).collect()
+    writer = PartitionWriter(options, monitor.counters)
+    collected = [row.asDict() for row in projected.mapInArrow(writer, RESULT_SCHEMA).collect()]
+    return _Written(collected, "spark", reason)
 
 
-def _outputs(collected: list[Row]) -> list[PartitionOutput]:
+def _choose_read_path(
+    projected: DataFrame,
+    request: _Request,
+    policy: _NullPolicy,
+    partitions: int | None,
+    read_path: ReadPath,
+) -> tuple[DirectPlan | None, str]:
+    """(the direct plan, or None for ``mapInArrow``; why)."""
+    if read_path == "spark":
+        return None, "the caller asked for Spark's read path"
+    if policy.name != "error":
+        return None, f"null_policy={policy.name!r} is applied by Spark"
+    if partitions:
+        return None, "partitions: Spark repartitions the rows"
+    try:
+        plan = plan_direct_read(projected, request.plans)
+    except NotDirect as exc:
+        return None, str(exc)
+    except Py4JError as exc:  # another Spark version's plan classes: stay on the safe path
+        return None, f"Spark's read plan is not available ({type(exc).__name__})"
+    files = sum(len(split) for split in plan.splits)
+    return plan, (
+        f"a bare {plan.file_format} scan: {files} file split(s) in {len(plan.splits)} "
+        "partition(s) read by pyarrow on the executors"
+    )
+
+
+def _with_channel(options: WriteOptions, monitor: JobMonitor, spark: SparkSession) -> WriteOptions:
+    conf = spark.sparkContext.getConf()
+    host = conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", "127.0.0.1")
+    channel = monitor.open_channel(host or "127.0.0.1")
+    if channel is None:
+        return options
+    return replace(options, progress_address=channel.address, progress_token=channel.token)
+
+
+def _write_direct(
+    spark: SparkSession, plan: DirectPlan, options: WriteOptions, monitor: JobMonitor
+) -> list[Mapping[str, Any]]:
+    monitor.partitions_total = len(plan.splits)
+    if not plan.splits:
+        return []
+    writer = DirectPartitionWriter(options, plan, monitor.counters)
+    items = list(enumerate(plan.splits))
+    # One element per slice, so task i writes Spark partition i (as mapInArrow would).
+    rdd = spark.sparkContext.parallelize(items, len(items)).mapPartitions(writer)
+    return rdd.collect()
+
+
+def _check_nulls(rows: list[Mapping[str, Any]], policy: NullPolicy) -> None:
+    tally = NullTally()
+    for row in rows:
+        if row.get("nulls"):
+            tally.merge(json.loads(row["nulls"]))
+    if tally.has_nulls:
+        raise null_error(NullCounts(tally.missing, tally.null_elements), policy)
+
+
+def _outputs(collected: list[Mapping[str, Any]]) -> list[PartitionOutput]:
     for row in collected:
         if row["attempt"]:
             log.info(
@@ -222,7 +324,8 @@ def _outputs(collected: list[Row]) -> list[PartitionOutput]:
     ]
 
 
-def _publish(request: _Request, outputs: list[PartitionOutput]) -> ConversionResult:
+def _publish(request: _Request, written: _Written) -> ConversionResult:
+    outputs = _outputs(written.rows)
     if sum(o.rows for o in outputs) == 0:
         request.publisher.discard()
         raise PermanentConversionError("the source has no rows to convert", code="empty_source")
@@ -238,6 +341,8 @@ def _publish(request: _Request, outputs: list[PartitionOutput]) -> ConversionRes
         raw_bytes=sum(shard.raw_data.bytes for shard in index.shards),
         zip_bytes=sum(shard.file.bytes for shard in index.shards),
         columns=mds_columns(request.plans),
+        read_path=written.read_path,
+        read_path_reason=written.reason,
     )
 
 
