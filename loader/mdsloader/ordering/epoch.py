@@ -16,6 +16,7 @@ from functools import partial
 import numpy as np
 
 from mdsloader.ordering.partition import PARTITION_ALGOS, worker_partition
+from mdsloader.ordering.per_stream import per_stream_worker_ids
 from mdsloader.ordering.py1e import py1e_order, py1e_order_quiet, warn_clipped
 from mdsloader.ordering.sampling import SAMPLING_METHODS, Resampled, StreamSpec, resample
 from mdsloader.ordering.shuffle import (
@@ -24,6 +25,9 @@ from mdsloader.ordering.shuffle import (
     get_shuffle,
     validate_shuffle_args,
 )
+from mdsloader.ordering.stratified import stratified_worker_ids
+
+BATCHING_METHODS = ("random", "stratified", "per_stream", "device_per_stream")
 
 
 def default_num_canonical_nodes(shuffle_algo: str, physical_nodes: int) -> int:
@@ -50,6 +54,8 @@ class OrderSettings:
         batch_size: Per-device batch size.
         sampling_method: ``balanced`` or ``fixed``.
         sampling_granularity: Samples per pick for fractional repeats.
+        batching_method: ``random`` (the default), ``stratified``, ``per_stream`` or
+            ``device_per_stream``.
     """
 
     shuffle: bool
@@ -61,9 +67,11 @@ class OrderSettings:
     batch_size: int
     sampling_method: str
     sampling_granularity: int
+    batching_method: str = "random"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
+            ("batching_method", self.batching_method, BATCHING_METHODS),
             ("shuffle_algo", self.shuffle_algo, SHUFFLE_ALGOS),
             ("partition_algo", self.partition_algo, PARTITION_ALGOS),
             ("sampling_method", self.sampling_method, SAMPLING_METHODS),
@@ -145,8 +153,13 @@ def worker_sample_ids(
         An int64 array of global sample ids.
 
     Raises:
-        ValueError: On invalid settings or a resumption point past the end of the epoch.
+        ValueError: On invalid settings or a resumption point past the end of the epoch
+            (``random``), or settings the batching method cannot satisfy.
     """
+    if settings.batching_method != "random":
+        return _stream_batched_ids(streams, choose_per_stream, settings, topology, epoch=epoch,
+                                   sample_in_epoch=sample_in_epoch,
+                                   initial_physical_nodes=initial_physical_nodes)
     resampled = resample(streams, choose_per_stream, epoch=epoch, seed=settings.shuffle_seed,
                          shuffle=settings.shuffle, sampling_method=settings.sampling_method,
                          sampling_granularity=settings.sampling_granularity)
@@ -166,6 +179,22 @@ def worker_sample_ids(
         return resampled.small_ids(shuffled_ids(resampled, settings, epoch, big))
     big, perm = _partition_beside_permutation(partition, resampled, settings, epoch)
     return resampled.small_ids(np.take(perm, big, out=big, mode="clip"))
+
+
+def _stream_batched_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequence[int],
+                        settings: OrderSettings, topology: Topology, *, epoch: int,
+                        sample_in_epoch: int, initial_physical_nodes: int | None) -> np.ndarray:
+    """A worker's ids under a stream-aware batching method (whole-epoch construction).
+
+    Unlike ``random``, these arrange whole global batches across streams, so every worker
+    builds the epoch's batch grid and keeps its rows; a resumption point past the end of the
+    epoch leaves nothing, as in the reference.
+    """
+    method = settings.batching_method
+    build = stratified_worker_ids if method == "stratified" else partial(
+        per_stream_worker_ids, device_level=method == "device_per_stream")
+    return build(streams, choose_per_stream, settings, topology, epoch=epoch,
+                 sample_in_epoch=sample_in_epoch, initial_physical_nodes=initial_physical_nodes)
 
 
 def _partition_beside_permutation(partition: Callable[[], np.ndarray], resampled: Resampled,
