@@ -15,8 +15,8 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, TypeVar
 
 from mdsloader.errors import (
     AccessDeniedError,
@@ -86,6 +86,8 @@ class S3Options:
         backoff_cap: Largest upper bound of any retry's sleep, in seconds.
         page_size: Keys per ListObjectsV2 page (S3 caps it at 1000).
         addressing_style: ``"path"``, ``"virtual"`` or ``None`` (boto3's choice).
+        access_key_id: An explicit access key (the GCS HMAC route); ``None`` uses boto3's chain.
+        secret_access_key: The secret of ``access_key_id``; never shown in ``repr``.
     """
 
     endpoint_url: str | None = None
@@ -99,6 +101,8 @@ class S3Options:
     backoff_cap: float = 20.0
     page_size: int = 1000
     addressing_style: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> S3Options:
@@ -137,6 +141,9 @@ class S3Storage:
         MissingExtraError: If boto3 is not installed (the ``s3`` extra).
     """
 
+    # The URL scheme of url/child_url: a subclass serves GCS through its S3-compatible API.
+    scheme: ClassVar[str] = "s3"
+
     def __init__(self, bucket: str, prefix: str = "", *, options: S3Options | None = None) -> None:
         """Root the storage at ``s3://bucket/prefix`` (see the class docstring)."""
         if importlib.util.find_spec("boto3") is None:
@@ -151,15 +158,16 @@ class S3Storage:
     @property
     def url(self) -> str:
         """``s3://bucket/prefix`` (``s3://bucket`` at the bucket root)."""
-        return f"s3://{join_relpath(self.bucket, self.prefix)}"
+        return f"{self.scheme}://{join_relpath(self.bucket, self.prefix)}"
 
     def __repr__(self) -> str:
         """``S3Storage('s3://bucket/prefix', endpoint_url=...)``."""
-        return f"S3Storage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
+        name = type(self).__name__
+        return f"{name}({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
 
     def __eq__(self, other: object) -> bool:
         """Storages are equal when bucket, prefix and options are."""
-        if not isinstance(other, S3Storage):
+        if not isinstance(other, S3Storage) or type(other) is not type(self):
             return NotImplemented
         return (self.bucket, self.prefix, self.options) == (
             other.bucket,
@@ -169,7 +177,7 @@ class S3Storage:
 
     def __hash__(self) -> int:
         """Hash consistent with ``==``."""
-        return hash(("s3", self.bucket, self.prefix, self.options))
+        return hash((self.scheme, self.bucket, self.prefix, self.options))
 
     def __getstate__(self) -> dict[str, object]:
         """Pickle the settings only: the client is rebuilt on first use after unpickling."""
@@ -185,7 +193,7 @@ class S3Storage:
 
     def child_url(self, relpath: str) -> str:
         """``s3://bucket/prefix/relpath``."""
-        return f"s3://{self.bucket}/{self._key(relpath)}"
+        return f"{self.scheme}://{self.bucket}/{self._key(relpath)}"
 
     def read_bytes(self, relpath: str) -> bytes:
         """The whole object (one GET)."""
@@ -315,7 +323,7 @@ class S3Storage:
 
     def sub(self, relpath: str) -> S3Storage:
         """A storage rooted at ``prefix/relpath`` that shares this one's client."""
-        child = S3Storage(self.bucket, self._key(relpath), options=self.options)
+        child = type(self)(self.bucket, self._key(relpath), options=self.options)
         child._clients = self._clients
         return child
 
@@ -486,7 +494,10 @@ def _make_client(options: S3Options) -> Any:
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    session = boto3.session.Session()  # a private session: the default one is not thread-safe
+    # A private session (the default one is not thread-safe); explicit keys win over the chain.
+    session = boto3.session.Session(
+        aws_access_key_id=options.access_key_id, aws_secret_access_key=options.secret_access_key
+    )
     region = options.region or session.region_name
     if region is None and options.endpoint_url:
         region = "us-east-1"  # MinIO and friends need some signing region

@@ -1,0 +1,473 @@
+"""A Google Cloud Storage bucket prefix (``gs://bucket/prefix``) as a storage.
+
+Two routes, as in the reference:
+
+* the official ``google-cloud-storage`` client (the ``gcs`` extra), with credentials from
+  ``GOOGLE_APPLICATION_CREDENTIALS`` or Application Default Credentials, and the endpoint from
+  ``STORAGE_EMULATOR_HOST`` when it is set (anonymous there unless a credentials file is named);
+* HMAC keys in ``GCS_KEY`` / ``GCS_SECRET``, through GCS's S3-compatible XML API with boto3
+  (:class:`GCSHmacStorage`, the ``s3`` extra), exactly the reference's second route.
+
+This is the only module that imports ``google.*``, lazily, when the first client is created. The
+library's own retries are switched off (``retry=None`` on every call) so that ours, bounded by
+``retries`` and ``timeout``, are the only ones: left to itself the client retries a stopped
+server for about two minutes. :func:`classify_gcs_error` is the one place that knows its errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from mdsloader.errors import MissingExtraError, ObjectNotFoundError
+from mdsloader.storage.base import (
+    STREAM_CHUNK,
+    ByteSink,
+    clean_prefix,
+    clean_relpath,
+    join_relpath,
+)
+from mdsloader.storage.local import atomic_write, map_os_errors
+from mdsloader.storage.remote import ChunkingWriter, FileSink, Kind, call_with_retries
+from mdsloader.storage.retry import RetryPolicy
+from mdsloader.storage.s3 import S3Options, S3Storage
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+GCS_S3_ENDPOINT = "https://storage.googleapis.com"
+_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
+_MISSING = "gs:// storage needs google-cloud-storage, which is not installed: " + (
+    "pip install 'mds-loader[gcs]'"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GCSOptions:
+    """Connection and retry settings of a :class:`GCSStorage`.
+
+    Attributes:
+        endpoint_url: The JSON API endpoint; ``None`` for Google's. Default from
+            ``STORAGE_EMULATOR_HOST`` (which must carry its scheme, ``http://host:port``).
+        project: The project billed for requests; ``None`` lets the credentials decide.
+        credentials_file: A service-account (or other) credentials JSON file; default from
+            ``GOOGLE_APPLICATION_CREDENTIALS``.
+        retries: Retries after the first attempt of each operation (429, 5xx, network).
+        timeout: Connect and read timeout of each HTTP request, in seconds.
+        max_concurrency: Deletes in flight at once in :meth:`GCSStorage.delete_prefix`.
+        backoff_base: Upper bound of the first retry's sleep, in seconds (full jitter).
+        backoff_cap: Largest upper bound of any retry's sleep, in seconds.
+    """
+
+    endpoint_url: str | None = None
+    project: str | None = None
+    credentials_file: str | None = None
+    retries: int = 5
+    timeout: float = 60.0
+    max_concurrency: int = 8
+    backoff_base: float = 0.25
+    backoff_cap: float = 20.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> GCSOptions:
+        """Options from the environment, then ``overrides`` (``None`` values are ignored)."""
+        env = os.environ
+        base = cls(
+            endpoint_url=env.get("STORAGE_EMULATOR_HOST") or None,
+            project=env.get("GOOGLE_CLOUD_PROJECT") or None,
+            credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS") or None,
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The policy of our retry loop around every operation."""
+        return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
+
+
+class GCSStorage:
+    """A :class:`~mdsloader.storage.base.Storage` rooted at ``gs://bucket/prefix``.
+
+    Safe to share between threads (each thread gets its own client over shared credentials).
+    Pickling keeps the settings only; a fresh client is made on first use in the new process,
+    and one inherited through ``fork`` is replaced.
+
+    Args:
+        bucket: The bucket name.
+        prefix: The object-name prefix every relpath is joined to.
+        options: Connection and retry settings; default :meth:`GCSOptions.from_env`.
+
+    Raises:
+        MissingExtraError: If google-cloud-storage is not installed (the ``gcs`` extra).
+    """
+
+    scheme = "gs"
+
+    def __init__(self, bucket: str, prefix: str = "", *, options: GCSOptions | None = None) -> None:
+        """Root the storage at ``gs://bucket/prefix`` (see the class docstring)."""
+        if importlib.util.find_spec("google.cloud.storage") is None:
+            raise MissingExtraError(_MISSING)
+        if not bucket or "/" in bucket:
+            raise ValueError(f"invalid GCS bucket name: {bucket!r}")
+        self.bucket = bucket
+        self.prefix = clean_prefix(prefix).rstrip("/")
+        self.options = options if options is not None else GCSOptions.from_env()
+        self._clients = _ClientCache(self.options)
+
+    @property
+    def url(self) -> str:
+        """``gs://bucket/prefix``."""
+        return f"gs://{join_relpath(self.bucket, self.prefix)}"
+
+    def __repr__(self) -> str:
+        """``GCSStorage('gs://bucket/prefix', endpoint_url=...)``."""
+        return f"GCSStorage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        """Storages are equal when bucket, prefix and options are."""
+        if not isinstance(other, GCSStorage):
+            return NotImplemented
+        return (self.bucket, self.prefix, self.options) == (
+            other.bucket,
+            other.prefix,
+            other.options,
+        )
+
+    def __hash__(self) -> int:
+        """Hash consistent with ``==``."""
+        return hash(("gs", self.bucket, self.prefix, self.options))
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle the settings only: clients (sessions, sockets) are rebuilt after unpickling."""
+        return {"bucket": self.bucket, "prefix": self.prefix, "options": self.options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore the settings with an empty client cache."""
+        self.bucket = state["bucket"]
+        self.prefix = state["prefix"]
+        self.options = state["options"]
+        self._clients = _ClientCache(self.options)
+
+    def child_url(self, relpath: str) -> str:
+        """``gs://bucket/prefix/relpath``."""
+        return f"gs://{self.bucket}/{self._key(relpath)}"
+
+    def read_bytes(self, relpath: str) -> bytes:
+        """The whole object (one GET)."""
+        key = self._key(relpath)
+        return self._call("read", key, lambda blob: blob.download_as_bytes(**self._dl()))
+
+    def read_range(self, relpath: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` with one ranged GET; shorter (like a slice) past the end."""
+        if start < 0 or end < start:
+            raise ValueError(f"invalid byte range [{start}, {end})")
+        key = self._key(relpath)
+        if end == start:
+            self.size(relpath)  # still report a missing object, like the local backend
+            return b""
+
+        def get(blob: Any) -> bytes:
+            try:
+                # The JSON API's range end is inclusive.
+                return bytes(blob.download_as_bytes(start=start, end=end - 1, **self._dl()))
+            except Exception as exc:
+                if _status(exc) == 416:  # start at or past the end
+                    return b""
+                raise
+
+        return self._call("read_range", key, get)
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """One upload; GCS replaces an object atomically when the upload completes."""
+        key = self._key(relpath)
+        self._call(
+            "write",
+            key,
+            lambda blob: blob.upload_from_string(
+                data, content_type="application/octet-stream", **self._ul()
+            ),
+        )
+
+    def upload_file(self, local_path: str, relpath: str) -> None:
+        """Upload a local file (resumable above 8 MiB, which the library decides)."""
+        key = self._key(relpath)
+        path = os.fspath(local_path)
+
+        def upload(blob: Any) -> None:
+            blob.upload_from_filename(path, content_type="application/octet-stream", **self._ul())
+
+        with map_os_errors(path):  # a missing *local* file is reported as such
+            self._call("upload", key, upload)
+
+    def download_file(self, relpath: str, local_path: str) -> None:
+        """Download through a temporary sibling of ``local_path``, then rename it into place."""
+        dest = os.path.abspath(os.fspath(local_path))
+
+        def fill(f: Any) -> None:
+            self.stream_to(relpath, FileSink(f))
+
+        with map_os_errors(dest):
+            atomic_write(dest, fill)
+
+    def stream_to(self, relpath: str, sink: ByteSink, *, chunk_size: int = STREAM_CHUNK) -> int:
+        """Feed the object to ``sink`` from one streamed GET per attempt.
+
+        The library writes the body as it arrives; :class:`ChunkingWriter` regroups it into
+        ``chunk_size`` pieces. A failure mid-body is retried from the start after
+        ``sink.restart()``; the sink's own errors are not retried.
+        """
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        key = self._key(relpath)
+
+        def stream(blob: Any) -> int:
+            sink.restart()
+            writer = ChunkingWriter(sink, chunk_size)
+            blob.download_to_file(writer, **self._dl())
+            writer.flush()
+            return writer.delivered
+
+        return self._call("stream", key, stream)
+
+    def exists(self, relpath: str) -> bool:
+        """Whether the object exists (one metadata GET; a missing bucket also reads False)."""
+        try:
+            self.size(relpath)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def size(self, relpath: str) -> int:
+        """The object's size in bytes (one metadata GET)."""
+        key = self._key(relpath)
+
+        def stat(blob: Any) -> int:
+            blob.reload(**self._meta())
+            return int(blob.size)
+
+        return self._call("stat", key, stat)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Relpaths of all objects whose relpath starts with ``prefix``, sorted (paginated)."""
+        return [name[len(self._root()) :] for name in self._list_names(prefix)]
+
+    def delete(self, relpath: str) -> None:
+        """Delete an object; a missing one is fine."""
+        self._delete_key(self._key(relpath))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object ``list(prefix)`` returns, several at a time."""
+        names = self._list_names(prefix)
+        workers = max(1, min(self.options.max_concurrency, len(names)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mds-gcs-del") as pool:
+            for _ in pool.map(self._delete_key, names):
+                pass
+        return len(names)
+
+    def sub(self, relpath: str) -> GCSStorage:
+        """A storage rooted at ``prefix/relpath`` that shares this one's clients."""
+        child = GCSStorage(self.bucket, self._key(relpath), options=self.options)
+        child._clients = self._clients
+        return child
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _root(self) -> str:
+        return f"{self.prefix}/" if self.prefix else ""
+
+    def _key(self, relpath: str) -> str:
+        return self._root() + clean_relpath(relpath)
+
+    def _timeout(self) -> tuple[float, float]:
+        return (self.options.timeout, self.options.timeout)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"timeout": self._timeout(), "retry": None}
+
+    def _dl(self) -> dict[str, Any]:
+        # raw_download: the stored bytes exactly, never a transcoded (gunzipped) body.
+        return {"timeout": self._timeout(), "retry": None, "raw_download": True}
+
+    def _ul(self) -> dict[str, Any]:
+        return {"timeout": self._timeout(), "retry": None}
+
+    def _delete_key(self, key: str) -> None:
+        def delete(blob: Any) -> None:
+            try:
+                blob.delete(**self._meta())
+            except Exception as exc:
+                if _status(exc) != 404:
+                    raise
+
+        self._call("delete", key, delete)
+
+    def _list_names(self, prefix: str) -> list[str]:
+        full = self._root() + clean_prefix(prefix)
+
+        def list_all() -> list[str]:
+            blobs = self._clients.get().list_blobs(self.bucket, prefix=full, **self._meta())
+            return [blob.name for blob in blobs]
+
+        return sorted(self._retrying("list", full, list_all))
+
+    def _call(self, op: str, key: str, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(blob)`` for the object ``key`` with retries; map what it finally raises."""
+        return self._retrying(
+            op, key, lambda: fn(self._clients.get().bucket(self.bucket).blob(key))
+        )
+
+    def _retrying(self, op: str, key: str, attempt: Callable[[], T]) -> T:
+
+        endpoint = self.options.endpoint_url or "storage.googleapis.com"
+        return call_with_retries(
+            attempt,
+            op=op,
+            where=f"gs://{self.bucket}/{key}",
+            service=f"GCS at {endpoint}",
+            policy=self.options.retry_policy,
+            classify=classify_gcs_error,
+        )
+
+
+class GCSHmacStorage(S3Storage):
+    """``gs://bucket/prefix`` through GCS's S3-compatible API with HMAC keys (``GCS_KEY``).
+
+    The reference's second route: boto3 against ``https://storage.googleapis.com``. It has all of
+    :class:`~mdsloader.storage.s3.S3Storage` (multipart, ranged GETs, retries) and names its
+    objects ``gs://``.
+    """
+
+    scheme = "gs"
+
+    @staticmethod
+    def options_from_env(**overrides: Any) -> S3Options:
+        """S3 options for GCS's XML API with the keys in ``GCS_KEY`` / ``GCS_SECRET``."""
+        base = S3Options(
+            endpoint_url=GCS_S3_ENDPOINT,
+            region="auto",
+            access_key_id=os.environ.get("GCS_KEY"),
+            secret_access_key=os.environ.get("GCS_SECRET"),
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def hmac_keys_in_env() -> bool:
+    """Whether ``GCS_KEY`` and ``GCS_SECRET`` are both set (the reference's HMAC route)."""
+    return bool(os.environ.get("GCS_KEY")) and bool(os.environ.get("GCS_SECRET"))
+
+
+class _ClientCache:
+    """Credentials once per process, a client per thread (requests sessions are not shared)."""
+
+    def __init__(self, options: GCSOptions) -> None:
+        self._options = options
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._credentials: Any = None
+        self._project: str | None = None
+        self._local = threading.local()
+
+    def get(self) -> Any:
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._lock:
+                if self._pid != pid:
+                    self._credentials, self._project = _credentials(self._options)
+                    self._local = threading.local()  # clients made before a fork are dropped
+                    self._pid = pid
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = _make_client(self._options, self._credentials, self._project)
+            self._local.client = client
+        return client
+
+
+def _import_storage() -> Any:
+    try:
+        from google.cloud import storage
+    except ImportError as exc:
+        raise MissingExtraError(_MISSING) from exc
+    return storage
+
+
+def _credentials(options: GCSOptions) -> tuple[Any, str | None]:
+    """Credentials and project: the named file, anonymous on an emulator, else ADC or anonymous.
+
+    Resolving them here, rather than in ``Client()``, keeps the client from probing the GCE
+    metadata server (seconds of timeouts off Google Cloud) when an emulator or a file is given.
+    """
+    _import_storage()
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.exceptions import DefaultCredentialsError
+
+    if options.credentials_file:
+        credentials, project = google.auth.load_credentials_from_file(
+            options.credentials_file, scopes=[_SCOPE]
+        )
+        return credentials, options.project or project
+    if options.endpoint_url:
+        return AnonymousCredentials(), options.project
+    try:
+        credentials, project = google.auth.default(scopes=[_SCOPE])
+    except DefaultCredentialsError:
+        # Like the S3 backend without credentials: public buckets stay readable.
+        log.info("no Google credentials found; reading GCS anonymously")
+        return AnonymousCredentials(), options.project
+    return credentials, options.project or project
+
+
+def _make_client(options: GCSOptions, credentials: Any, project: str | None) -> Any:
+    storage = _import_storage()
+    client_options = {"api_endpoint": options.endpoint_url} if options.endpoint_url else None
+    # project=None makes the client use "<none>" instead of looking one up.
+    return storage.Client(project=project, credentials=credentials, client_options=client_options)
+
+
+# -- error classification: the one place that knows google-cloud-storage's exceptions -----------
+
+
+def _status(exc: BaseException) -> int:
+    code = getattr(exc, "code", None)  # google.api_core.exceptions.GoogleAPICallError
+    if isinstance(code, int):
+        return code
+    response = getattr(exc, "response", None)  # google.resumable_media InvalidResponse
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else 0
+
+
+def classify_gcs_error(exc: BaseException) -> Kind | None:
+    """The kind of a google-cloud-storage failure, or ``None`` for an exception it is not.
+
+    404 is ``not_found``; 401, 403, refused or missing credentials are ``denied``; 408, 429,
+    5xx, connection errors, timeouts, torn bodies and checksum mismatches are ``transient``.
+    """
+    import requests
+    from google.api_core import exceptions as api
+    from google.auth import exceptions as auth
+
+    if isinstance(exc, auth.RefreshError | auth.DefaultCredentialsError):
+        # A refused token is a credentials problem, unless the token server was unreachable.
+        return "transient" if isinstance(exc, auth.TransportError) else "denied"
+    if isinstance(exc, auth.TransportError):
+        return "transient"
+    status = _status(exc)
+    if status == 404:
+        return "not_found"
+    if status in (401, 403):
+        return "denied"
+    if status in (408, 429) or status >= 500:
+        return "transient"
+    if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
+        return "transient"
+    if type(exc).__name__ == "DataCorruption":  # a checksum mismatch: the body was torn
+        return "transient"
+    if isinstance(exc, api.GoogleAPIError) or status:
+        return "other"
+    return None

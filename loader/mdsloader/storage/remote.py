@@ -1,0 +1,148 @@
+"""What the SDK-backed object stores (GCS, Azure Blob) share: retry-then-map, and byte sinks.
+
+Each backend classifies its SDK's exceptions into one of four kinds (``not_found``, ``denied``,
+``transient``, ``other``) in one function of its own module; :func:`call_with_retries` retries the
+transient kind with backoff and turns the final failure into the loader's
+:mod:`~mdsloader.errors` here, so the two backends word their errors alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, BinaryIO, Literal, TypeVar
+
+from mdsloader.errors import (
+    AccessDeniedError,
+    MDSError,
+    ObjectNotFoundError,
+    StorageError,
+    StorageUnavailableError,
+)
+from mdsloader.storage.base import ByteSink
+from mdsloader.storage.retry import RetryPolicy, retry_call
+
+T = TypeVar("T")
+Kind = Literal["not_found", "denied", "transient", "other"]
+log = logging.getLogger(__name__)
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    *,
+    op: str,
+    where: str,
+    service: str,
+    policy: RetryPolicy,
+    classify: Callable[[BaseException], Kind | None],
+) -> T:
+    """Run ``fn`` with retries of its transient failures; map what it finally raises.
+
+    Args:
+        fn: One attempt of the operation.
+        op: The operation, for messages (``"read"``, ``"upload"``...).
+        where: The object's URL, for messages.
+        service: The store and its endpoint, for messages of unavailability.
+        policy: Retries and backoff.
+        classify: The backend's classifier; ``None`` for an exception it does not know (such an
+            exception, like any :class:`~mdsloader.errors.MDSError`, propagates unchanged).
+
+    Raises:
+        StorageError: The mapped failure, chained to the SDK's exception.
+    """
+    attempts = 0
+
+    def attempt() -> T:
+        nonlocal attempts
+        attempts += 1
+        return fn()
+
+    def retryable(exc: BaseException) -> bool:
+        return not isinstance(exc, MDSError) and classify(exc) == "transient"
+
+    def on_retry(retry: int, exc: BaseException, delay: float) -> None:
+        log.debug("%s retry %s %s: %d in %.3fs: %s", service, op, where, retry + 1, delay, exc)
+
+    try:
+        return retry_call(attempt, policy=policy, is_retryable=retryable, on_retry=on_retry)
+    except MDSError:
+        raise
+    except Exception as exc:
+        kind = classify(exc)
+        if kind is None:
+            raise
+        raise storage_error(
+            kind, op=op, where=where, service=service, attempts=attempts, exc=exc
+        ) from exc
+
+
+def storage_error(
+    kind: Kind, *, op: str, where: str, service: str, attempts: int, exc: BaseException
+) -> StorageError:
+    """The loader's error for a classified failure (see :func:`call_with_retries`)."""
+    detail = _first_line(exc)
+    if kind == "not_found":
+        return ObjectNotFoundError(f"{where} does not exist (or its bucket/container is missing)")
+    if kind == "denied":
+        return AccessDeniedError(f"access denied: {op} {where}: {detail}")
+    if kind == "transient":
+        plural = "s" if attempts != 1 else ""
+        return StorageUnavailableError(
+            f"{op} {where} failed: {service} kept failing after {attempts} attempt{plural}: "
+            f"{detail}"
+        )
+    return StorageError(f"{op} {where} failed: {detail}")
+
+
+def _first_line(exc: BaseException) -> str:
+    # Azure's messages carry the whole response (headers, XML body) after the first line.
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
+
+
+class FileSink:
+    """A :class:`~mdsloader.storage.base.ByteSink` writing to an open binary file."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    def restart(self) -> None:
+        """Empty the file: a retry starts from scratch."""
+        self._handle.seek(0)
+        self._handle.truncate()
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``."""
+        self._handle.write(data)
+
+
+class ChunkingWriter:
+    """A file-like ``write`` that hands a sink pieces of exactly ``chunk_size`` (the last shorter).
+
+    SDKs write downloads in their own piece sizes (8 KiB for google-resumable-media); this turns
+    them into the sink's pieces. Call :meth:`flush` after the last write.
+    """
+
+    def __init__(self, sink: ByteSink, chunk_size: int) -> None:
+        self._sink = sink
+        self._size = chunk_size
+        self._pending = bytearray()
+        self.delivered = 0
+
+    def write(self, data: Any) -> int:
+        """Buffer ``data`` and hand over every full piece."""
+        self._pending += data
+        while len(self._pending) >= self._size:
+            self._emit(bytes(self._pending[: self._size]))
+            del self._pending[: self._size]
+        return len(data)
+
+    def flush(self) -> None:
+        """Hand over what is left."""
+        if self._pending:
+            self._emit(bytes(self._pending))
+            self._pending.clear()
+
+    def _emit(self, piece: bytes) -> None:
+        self._sink.write(piece)
+        self.delivered += len(piece)
