@@ -80,7 +80,8 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         shuffle_algo: ``'py1e'``, ``'py1br'``, ``'py1s'``, ``'py2s'`` or ``'naive'``.
         shuffle_seed: Seed of all randomness.
         shuffle_block_size: Shuffle block (default ``max(4_000_000 // NCN, 1 << 18)``).
-        batching_method: Only ``'random'`` is supported; the others raise NotImplementedError.
+        batching_method: ``'random'``, ``'stratified'``, ``'per_stream'`` or
+            ``'device_per_stream'`` (README, "Batching methods").
         allow_unsafe_types: Allow ``pkl`` columns (unpickling runs code from the dataset).
         replication: Consecutive ranks that receive identical samples.
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mdsloader.ordering import PARTITION_ALGOS, SAMPLING_METHODS, SHUFFLE_ALGOS
-
-BATCHING_METHODS = ("random", "stratified", "per_stream", "device_per_stream")
-SUPPORTED_BATCHING = ("random",)
+from mdsloader.ordering import BATCHING_METHODS, PARTITION_ALGOS, SAMPLING_METHODS, SHUFFLE_ALGOS
 
 _ABBREV = {"k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 
@@ -76,20 +73,15 @@ def validate_order_options(
     batching_method: str,
     replication: int | None,
 ) -> OrderOptions:
-    """Check the order-related arguments like the reference, and refuse what we do not support.
+    """Check the order-related arguments like the reference.
 
     Raises:
         ValueError: An invalid value (same conditions as the reference).
-        NotImplementedError: A batching method other than ``'random'``.
     """
     _check_choice("sampling_method", sampling_method, SAMPLING_METHODS)
     _check_choice("partition_algo", partition_algo, PARTITION_ALGOS)
     _check_choice("shuffle_algo", shuffle_algo, SHUFFLE_ALGOS)
     _check_choice("batching_method", batching_method, BATCHING_METHODS)
-    if batching_method not in SUPPORTED_BATCHING:
-        raise NotImplementedError(
-            f"batching_method={batching_method!r} is not supported yet; only 'random' is"
-        )
     for name, value in (
         ("sampling_granularity", sampling_granularity),
         ("num_canonical_nodes", num_canonical_nodes),

@@ -95,6 +95,7 @@ class EpochPlanner:
             partition_algo=options.partition_algo,
             sampling_method=options.sampling_method,
             sampling_granularity=options.sampling_granularity,
+            batching_method=options.batching_method,
         )
         topology = ordering.Topology(
             num_nodes=world.num_nodes,

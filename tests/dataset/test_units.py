@@ -108,8 +108,11 @@ def test_options_validation_mirrors_reference_and_refuses_unsupported_batching()
     ]:
         with pytest.raises(ValueError):
             validate_order_options(**{**base, key: bad})
-    with pytest.raises(NotImplementedError, match="stratified"):
-        validate_order_options(**{**base, "batching_method": "stratified"})
+    for method in ("stratified", "per_stream", "device_per_stream"):
+        options = validate_order_options(**{**base, "batching_method": method})
+        assert options.batching_method == method
+    with pytest.raises(ValueError, match="batching_method"):
+        validate_order_options(**{**base, "batching_method": "strat"})
 
 
 def test_size_parsers():

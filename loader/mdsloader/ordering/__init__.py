@@ -8,6 +8,7 @@ in the same order per rank and their resume states are interchangeable.
 from __future__ import annotations
 
 from mdsloader.ordering.epoch import (
+    BATCHING_METHODS,
     OrderSettings,
     Topology,
     default_num_canonical_nodes,
@@ -24,6 +25,7 @@ from mdsloader.ordering.sampling import (
 from mdsloader.ordering.shuffle import SHUFFLE_ALGOS, get_shuffle
 
 __all__ = [
+    "BATCHING_METHODS",
     "PARTITION_ALGOS",
     "SAMPLING_METHODS",
     "SHUFFLE_ALGOS",

@@ -96,9 +96,10 @@ def stream_epoch(
                          sampling_method=settings.sampling_method,
                          sampling_granularity=settings.sampling_granularity)
     units = resampled.unit_sizes
-    part = np.array(get_partitions(settings.partition_algo, int(units.sum()), settings.num_canonical_nodes,
-                          nodes, topology.ranks_per_node, topology.workers_per_rank, batch_size,
-                          0, initial_physical_nodes))  # a writable copy
+    part = np.array(get_partitions(  # a writable copy
+        settings.partition_algo, int(units.sum()), settings.num_canonical_nodes, nodes,
+        topology.ranks_per_node, topology.workers_per_rank, batch_size, 0, initial_physical_nodes,
+    ))
     real = part != -1
     big = part[real]
     if settings.shuffle:
