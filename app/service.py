@@ -78,8 +78,8 @@ class JobService:
         never lost. A refused submission stores nothing.
         """
         fields = {"source": body.source_table, "target": body.target}
+        self.require(principal, Scope.SUBMIT, **fields)
         try:
-            self.require(principal, Scope.SUBMIT)
             source, target = self._authorise(body, principal)
             record = JobRecord.new(body.to_request(str(target), source), principal.name)
             self._check_queue_depth(principal)
@@ -114,11 +114,11 @@ class JobService:
         return record, created
 
     @staticmethod
-    def require(principal: Principal, scope: Scope) -> None:
+    def require(principal: Principal, scope: Scope, **fields: object) -> None:
         """Raises Forbidden (audited) unless the principal holds ``scope`` (admin holds all)."""
         if not principal.has(scope):
             audit("request.refused", principal=principal.name, reason=Forbidden.code,
-                  scope=scope.value)
+                  scope=scope.value, **fields)
             raise Forbidden(f"principal {principal.name!r} lacks the scope {scope.value!r}")
 
     @staticmethod

@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+)
 
 from worker.access.sources import CatalogDefaults, SourceGrant
 from worker.access.targets import Target, TargetError, TargetNotAllowedError, parse_target
@@ -67,7 +74,7 @@ def legacy_name(token: str) -> str:
 
 Digest = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^(sha256:)?[0-9a-f]{64}$"),
+    StringConstraints(strip_whitespace=True, to_lower=True, pattern=r"^(sha256:)?[0-9a-fA-F]{64}$"),
 ]
 
 
@@ -288,6 +295,10 @@ class PrincipalRegistry:
         return self.auth_disabled or self.file is not None or bool(self.legacy)
 
 
+def _secret(value: object) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
 def build_registry(settings: Any) -> PrincipalRegistry:
     """The registry a process's settings describe (``worker.settings.SharedSettings``).
 
@@ -300,7 +311,7 @@ def build_registry(settings: Any) -> PrincipalRegistry:
     path = settings.principals_file
     return PrincipalRegistry(
         principals_file=PrincipalsFile(Path(path), defaults) if path else None,
-        legacy_tokens=[t.get_secret_value() for t in settings.api_tokens],
+        legacy_tokens=[_secret(t) for t in settings.api_tokens],
         grants=GlobalGrants(
             sources=tuple(settings.allowed_sources),
             source_paths=tuple(settings.allowed_source_paths),
