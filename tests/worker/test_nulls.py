@@ -65,3 +65,37 @@ def test_a_null_array_is_missing_not_a_null_element(spark) -> None:
     counts = count_nulls(df, plan_columns(df.schema, None))
     assert counts.missing == {"a": 2}
     assert counts.null_elements == {}
+
+
+@pytest.mark.parametrize("element", list(CASES), ids=lambda t: t.simpleString())
+def test_executor_tally_counts_like_the_spark_predicates(element: T.DataType) -> None:
+    import pyarrow as pa
+
+    from worker.convert.null_tally import NullTally
+
+    rows = CASES[element]
+    schema = T.StructType([T.StructField("a", T.ArrayType(element, containsNull=True))])
+    arrow_type = {"float": pa.float32(), "double": pa.float64(), "tinyint": pa.int8(),
+                  "int": pa.int32(), "bigint": pa.int64()}[element.simpleString()]
+    batch = pa.record_batch({"a": pa.array(rows, pa.list_(arrow_type))})
+    tally = NullTally()
+    for piece in (batch.slice(0, 2), batch.slice(2)):  # sliced batches keep their offsets
+        tally.add_batch(piece, plan_columns(schema, None))
+    missing, holes = _expected(rows)
+    assert tally.missing.get("a", 0) == missing
+    assert tally.null_elements.get("a", 0) == holes
+
+
+def test_executor_tally_of_nested_arrays() -> None:
+    import pyarrow as pa
+
+    from worker.convert.null_tally import NullTally
+
+    rows = [[[1.0, None], [2.0, 3.0]], [[1.0], []], [[1.0], None], [[1.0, 2.0]], [], None]
+    schema = T.StructType([T.StructField(
+        "g", T.ArrayType(T.ArrayType(T.DoubleType(), containsNull=True), containsNull=True)
+    )])
+    tally = NullTally()
+    tally.add_batch(pa.record_batch({"g": pa.array(rows, pa.list_(pa.list_(pa.float64())))}),
+                    plan_columns(schema, None))
+    assert tally.to_dict() == {"missing": {"g": 2}, "null_elements": {"g": 3}}
