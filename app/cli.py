@@ -186,14 +186,31 @@ def cmd_worker_ping(args: argparse.Namespace) -> int:
     from worker.celery_app import make_celery
     from worker.settings import get_worker_settings
 
-    celery = make_celery(get_worker_settings())
+    settings = get_worker_settings()
+    celery = make_celery(settings)
     try:
         replies = celery.control.ping(destination=[f"celery@{socket.gethostname()}"], timeout=5)
     except Exception as exc:  # broker unreachable: unhealthy, said in one line
         print(f"worker-ping: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(replies))
+    spark = _spark_states(settings)
+    if spark is not None:  # one line per pool process: is its Spark session ready?
+        print(json.dumps({"spark": spark}))
+    if getattr(args, "require_spark", False):
+        ready = bool(spark) and all(s.get("state") == "ready" for s in spark.values())
+        return 0 if replies and ready else 1
     return 0 if replies else 1
+
+
+def _spark_states(settings: Any) -> dict[str, Any] | None:
+    from worker.readiness import read_states
+
+    try:
+        return read_states(settings.redis_url, settings.redis_prefix)
+    except Exception as exc:  # the ping above answered; the states are informative
+        print(f"worker-ping: spark state unavailable: {exc}", file=sys.stderr)
+        return None
 
 
 def cmd_mint_token(args: argparse.Namespace) -> int:
@@ -337,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     hashing.set_defaults(func=cmd_hash_token)
 
     ping = sub.add_parser("worker-ping", help="exit 0 if this host's worker answers")
+    ping.add_argument("--require-spark", action="store_true",
+                      help="also fail unless every worker process's Spark session is ready")
     ping.set_defaults(func=cmd_worker_ping)
 
     house = sub.add_parser(

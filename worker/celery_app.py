@@ -12,6 +12,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from worker import warm as _warm  # noqa: F401 - connects the warm-start signal handlers
 from worker.logging import configure_logging
 from worker.settings import SharedSettings, WorkerSettings, get_worker_settings
 
