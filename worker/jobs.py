@@ -117,6 +117,10 @@ class JobProgress(_Model):
     bytes_written: int = 0
     partitions_done: int = 0
     partitions_total: int = 0
+    # Where the conversion is (e.g. "starting_spark" while a fresh worker's Spark starts) and
+    # which read path runs ("direct" or "spark"); see worker.convert.model.ConversionProgress.
+    phase: str | None = None
+    read_path: str | None = None
 
 
 class JobResult(_Model):
@@ -126,11 +130,9 @@ class JobResult(_Model):
     raw_bytes: int
     zip_bytes: int
     columns: dict[str, str]
+    read_path: str | None = None  # "direct" (pyarrow on the executors) or "spark" (mapInArrow)
+    read_path_reason: str | None = None
 
-    # Where the conversion is (e.g. "starting_spark" while a fresh worker's Spark starts) and
-    # which read path runs ("direct" or "spark"); see worker.convert.model.ConversionProgress.
-    phase: str | None = None
-    read_path: str | None = None
 
 class JobError(_Model):
     code: str
@@ -140,8 +142,6 @@ class JobError(_Model):
 
 class TransitionEntry(_Model):
     """One edge taken by the record (``from`` is a keyword, hence ``source``/``target``)."""
-    read_path: str | None = None  # "direct" (pyarrow on the executors) or "spark" (mapInArrow)
-    read_path_reason: str | None = None
 
     source: JobState | None
     target: JobState

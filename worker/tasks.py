@@ -331,7 +331,11 @@ def spark_convert(settings: WorkerSettings) -> ConvertFn:
         # Imported here so that importing the task module never starts or imports Spark.
         from worker.convert.pipeline import convert_table
         from worker.convert.spark import get_spark
+        from worker.warm import is_warming
 
+        progress = kwargs.get("progress")
+        if progress is not None and is_warming():  # the worker's warm start is still running
+            progress(ConversionProgress(phase="starting_spark"))
         return convert_table(spec, spark=get_spark(settings), **kwargs)
 
     return convert
@@ -365,7 +369,3 @@ def run_conversion(self: Task, job_id: str) -> str | None:
         delay = backoff(self.request.retries, get_runner(self).settings.retry_backoff_max)
         raise self.retry(countdown=delay, exc=exc, max_retries=None) from None
     return None if state is None else str(state)
-        from worker.warm import is_warming
-        progress = kwargs.get("progress")
-        if progress is not None and is_warming():  # the worker's warm start is still running
-            progress(ConversionProgress(phase="starting_spark"))
