@@ -102,6 +102,6 @@ def stratified_worker_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequ
             f"sample that is a multiple of the current global batch size of {global_batch}. "
             f"Resuming training after the most recently finished global batch; keep the global "
             f"batch size of the original run for deterministic resumption.",
-            stacklevel=3,
+            stacklevel=4,
         )
     return worker_ids(batches, topology, settings.batch_size, sample_in_epoch)
