@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from mdsloader.errors import UnsafeTypeError
+from mdsloader.errors import EmptyDatasetError, UnsafeTypeError
 
 if TYPE_CHECKING:
     from mdsloader.stream import Stream
@@ -70,7 +70,7 @@ def check_safe(shards: Sequence[Any], *, allow_unsafe_types: bool, source: str) 
         for name, encoding in zip(shard.column_names, shard.column_encodings):
             if is_unsafe(encoding):
                 raise UnsafeTypeError(
-                    f"column {name!r} of {source} uses the unsafe encoding {encoding!r} (decoding "
+                    f"Column {name!r} of {source} contains an unsafe type: {encoding!r} (decoding "
                     f"it runs pickle); pass allow_unsafe_types=True only if you trust the data"
                 )
 
@@ -79,7 +79,7 @@ def load_catalog(streams: Sequence[Stream], *, allow_unsafe_types: bool) -> Cata
     """Fetch every stream's index and build the catalog.
 
     Raises:
-        ValueError: A stream has no samples.
+        EmptyDatasetError: A stream has no samples (a ``ValueError`` and a ``RuntimeError``).
         UnsafeTypeError: A ``pkl`` column without ``allow_unsafe_types``.
         IndexFormatError: An index is malformed.
     """
@@ -96,7 +96,7 @@ def load_catalog(streams: Sequence[Stream], *, allow_unsafe_types: bool) -> Cata
         check_safe(index.shards, allow_unsafe_types=allow_unsafe_types, source=source)
         count = sum(int(shard.samples) for shard in index.shards)
         if not count:
-            raise ValueError(f"Stream contains no samples: {source}.")
+            raise EmptyDatasetError(f"Stream contains no samples: {source}.")
         index_bytes += len(data)
         shards.extend(index.shards)
         stream_of_shard += [stream_id] * len(index.shards)

@@ -7,6 +7,7 @@ need to import boto3 or a codec library to handle a failure::
     MDSError
     ├── FormatError (ValueError)           bad bytes on disk or in an index
     │   ├── IndexFormatError               malformed / unsupported index.json
+    │   │   └── IndexDecodeError (json.JSONDecodeError)   not JSON at all (empty, truncated)
     │   ├── ShardFormatError               truncated or inconsistent shard file
     │   └── UnsupportedShardFormatError    json / csv / tsv / xsv shards
     ├── EncodingError (ValueError)         a value cannot be encoded or decoded
@@ -17,14 +18,25 @@ need to import boto3 or a codec library to handle a failure::
     ├── HashError (ValueError)             unknown hash algorithm or bad hash list
     ├── ChecksumError                      a file's digest does not match the index
     ├── ShardTooLargeError (ValueError)    a shard would reach 4 GiB (uint32 offsets)
+    ├── EmptyDatasetError (ValueError, RuntimeError)   a stream whose shards hold no samples
+    ├── InvalidArgumentError (TypeError, ValueError)   an unknown keyword argument
     └── StorageError (OSError)
         ├── ObjectNotFoundError (FileNotFoundError)
+        │   └── IndexNotFoundError (RuntimeError)   no local index.json and no remote
         ├── AccessDeniedError (PermissionError)
         ├── StorageUnavailableError (ConnectionError)  retryable: throttling, 5xx, network
         └── TargetExistsError (FileExistsError)
+
+Where the reference (mosaicml-streaming) raises a different built-in type for the same problem,
+our class derives from that type too, so ``except`` clauses written for the reference still
+catch it: ``IndexDecodeError`` is a ``json.JSONDecodeError``; ``EmptyDatasetError`` and
+``IndexNotFoundError`` are instances of ``RuntimeError``; ``InvalidArgumentError`` is a
+``ValueError`` (and a ``TypeError``, what Python raises for an unknown keyword).
 """
 
 from __future__ import annotations
+
+import json
 
 
 class MDSError(Exception):
@@ -45,6 +57,13 @@ class ShardFormatError(FormatError):
 
 class UnsupportedShardFormatError(FormatError):
     """A shard uses one of the reference's non-MDS formats (json, csv, tsv, xsv)."""
+
+
+class IndexDecodeError(IndexFormatError, json.JSONDecodeError):
+    """An ``index.json`` that is not JSON at all (empty, truncated, garbage).
+
+    Built like ``json.JSONDecodeError`` (``msg, doc, pos``), which the reference raises here.
+    """
 
 
 class EncodingError(MDSError, ValueError):
@@ -79,12 +98,24 @@ class ShardTooLargeError(MDSError, ValueError):
     """A shard would reach 4 GiB, which its uint32 offsets cannot address."""
 
 
+class EmptyDatasetError(MDSError, ValueError, RuntimeError):
+    """A stream's index lists no samples (the reference raises ``RuntimeError``)."""
+
+
+class InvalidArgumentError(MDSError, TypeError, ValueError):
+    """An unknown keyword argument (the reference's ``MDSWriter`` raises ``ValueError``)."""
+
+
 class StorageError(MDSError, OSError):
     """A storage backend operation failed."""
 
 
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """The object or file does not exist."""
+
+
+class IndexNotFoundError(ObjectNotFoundError, RuntimeError):
+    """A stream without a remote has no local ``index.json`` (the reference: ``RuntimeError``)."""
 
 
 class AccessDeniedError(StorageError, PermissionError):

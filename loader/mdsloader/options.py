@@ -50,7 +50,9 @@ class OrderOptions:
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"invalid {name} {value!r}: must be one of {', '.join(allowed)}")
+        # "Invalid sampling method: ..." is the reference's wording (users search for it).
+        label = name.replace("_", " ")
+        raise ValueError(f"Invalid {label}: {value!r}. Must be one of {', '.join(allowed)}.")
 
 
 def _check_positive(name: str, value: int | None) -> None:

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mdsloader.errors import IndexFormatError, UnsupportedShardFormatError
+from mdsloader.errors import IndexDecodeError, IndexFormatError, UnsupportedShardFormatError
 
 __all__ = [
     "INDEX_BASENAME",
@@ -214,13 +214,20 @@ def parse_index(data: bytes | str, *, source: str) -> Index:
         source: Where it came from (a path or URL), for error messages.
 
     Raises:
-        IndexFormatError: Malformed JSON, a version other than 2, or a malformed shard entry.
+        IndexDecodeError: Not JSON (empty, truncated, not UTF-8); also a ``JSONDecodeError``.
+        IndexFormatError: A version other than 2, or a malformed shard entry.
         UnsupportedShardFormatError: A json/csv/tsv/xsv shard.
     """
     try:
         obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IndexFormatError(f"{source}: not valid JSON: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        # "is empty or corrupted": the reference's wording, which users search for.
+        message = f"Index file at {source} is empty or corrupted (not valid JSON): {exc.msg}"
+        raise IndexDecodeError(message, exc.doc, exc.pos) from exc
+    except UnicodeDecodeError as exc:
+        text = bytes(data).decode("utf-8", "replace") if not isinstance(data, str) else data
+        message = f"Index file at {source} is empty or corrupted (not valid JSON): {exc.reason}"
+        raise IndexDecodeError(message, text, exc.start) from exc
     if not isinstance(obj, dict):
         raise IndexFormatError(f"{source}: the top level must be a JSON object")
     version = obj.get("version")

@@ -57,7 +57,7 @@ def check_safe(names: Sequence[str], encodings: Sequence[str], *, where: str) ->
     for name, encoding in zip(names, encodings):
         if is_unsafe(encoding):
             raise UnsafeTypeError(
-                f"{where}: column {name!r} uses the unsafe encoding {encoding!r} (pickle can run "
+                f"{where}: column {name!r} contains an unsafe type: {encoding!r} (pickle can run "
                 "arbitrary code); pass allow_unsafe_types=True only if you trust the data"
             )
 

@@ -39,5 +39,7 @@ def parse_size_limit(value: int | float | str | None) -> int | None:
     if size < 0:
         raise ValueError(f"size_limit must not be negative, got {size}")
     if size >= 1 << 32:
-        raise ValueError(f"size_limit must be below 2**32 (uint32 offsets), got {size}")
+        raise ValueError(
+            f"`size_limit` must be less than 2**32 (sample offsets are uint32), got {size}"
+        )
     return size or None

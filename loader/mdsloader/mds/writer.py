@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mdsloader.errors import MDSError, StorageError, TargetExistsError
+from mdsloader.errors import InvalidArgumentError, MDSError, StorageError, TargetExistsError
 from mdsloader.mds.columnar import encode_batch
 from mdsloader.mds.compression import Codec, get_codec
 from mdsloader.mds.hashing import Digester, check_hash_names, hexdigest_parts
@@ -61,8 +61,11 @@ class MDSWriter:
             ``min(32, cpu_count + 4)``, as in the reference).
         retry: Attempts per upload (the storage layer backs off between attempts).
         exist_ok: Delete a non-empty local output directory instead of refusing it.
+        **kwargs: Refused: any other keyword raises ``InvalidArgumentError`` (a ``ValueError``,
+            as in the reference, and a ``TypeError``, as for any unknown keyword).
 
     Raises:
+        InvalidArgumentError: An unknown keyword argument.
         UnknownEncodingError: A column's encoding is not known.
         CompressionError: An invalid compression string.
         MissingExtraError: The codec needs the ``codecs`` extra (Brotli, python-snappy).
@@ -84,7 +87,10 @@ class MDSWriter:
         max_workers: int | None = None,
         retry: int = 2,
         exist_ok: bool = False,
+        **kwargs: Any,
     ) -> None:
+        if kwargs:
+            raise InvalidArgumentError(f"Invalid Writer argument(s): {sorted(kwargs)}")
         self._plan = ColumnPlan.from_columns(columns)
         self._encoder = RecordEncoder(self._plan)
         self._codec: Codec | None = get_codec(compression)
@@ -116,6 +122,16 @@ class MDSWriter:
     def columns(self) -> dict[str, str]:
         """The columns, sorted by name, mapped to their encodings."""
         return dict(zip(self._plan.names, self._plan.encodings))
+
+    def get_config(self) -> dict[str, Any]:
+        """The shard-writing configuration, as the reference's ``MDSWriter.get_config()``.
+
+        Returns:
+            ``version``, ``format``, ``compression``, ``hashes``, ``size_limit`` (``None`` when
+            unlimited) and the ``column_names``/``column_encodings``/``column_sizes`` lists, as
+            stored in every shard's header.
+        """
+        return self._shard_config()
 
     def write(self, sample: Mapping[str, Any]) -> None:
         """Encode one sample and append it, flushing the current shard first if it is full.
@@ -387,7 +403,8 @@ def _resolve_out(
     if os.path.isdir(local) and os.listdir(local):
         if not exist_ok:
             raise TargetExistsError(
-                f"output directory {local!r} is not empty; pass exist_ok=True to replace it"
+                f"Directory is not empty: {local!r} (the output directory); pass exist_ok=True "
+                "to replace its contents"
             )
         shutil.rmtree(local)
     os.makedirs(local, exist_ok=True)

@@ -93,9 +93,9 @@ def py1e_order_quiet(pieces: Pieces, seed: int, epoch: int, block_size: int,
             begin, end = bounds[c], bounds[c + 1]
             if begin == end:
                 raise ValueError(
-                    f"Canonical node {c} gets no samples: the dataset (or a stream) has fewer "
-                    f"samples than num_canonical_nodes ({pieces.num_parts}). Reduce "
-                    "num_canonical_nodes."
+                    f"Canonical node {c} gets no samples. The number of samples assigned to a "
+                    "canonical node is 0: the dataset (or a stream) has fewer samples than "
+                    f"num_canonical_nodes ({pieces.num_parts}). Reduce num_canonical_nodes."
                 )
             chosen = spans[pieces.part(c)]
             begins, sizes = pieces.begins[chosen], pieces.sizes[chosen]

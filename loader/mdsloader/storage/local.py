@@ -179,7 +179,8 @@ def map_os_errors(path: str) -> Iterator[None]:
     except StorageError:
         raise
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-        raise ObjectNotFoundError(f"no such file: {exc.filename or path}") from exc
+        # The OS's wording, which the reference's local downloads raise (shutil.copy).
+        raise ObjectNotFoundError(f"No such file or directory: {exc.filename or path}") from exc
     except PermissionError as exc:
         raise AccessDeniedError(f"permission denied: {exc.filename or path}") from exc
     except OSError as exc:
