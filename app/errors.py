@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import ClassVar
 
 import redis
@@ -182,11 +183,12 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    headers = dict(exc.headers or {})  # keeps 405's Allow
+    headers = dict(exc.headers or {})
     if exc.status_code == 405:
         error: AppError = MethodNotAllowed(
             f"{request.method} is not allowed on {request.url.path}"
         )
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
     elif exc.status_code == 404:
         error = NotFound(f"no route {request.url.path}")
     elif exc.status_code == 400:
@@ -196,6 +198,17 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
     else:
         error = _BY_STATUS.get(exc.status_code, Internal)(str(exc.detail))
     return render(error, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the API documents at this path. Starlette's own 405 names only the first
+    route whose path matched, so ``/v1/jobs`` would claim to allow POST alone."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods.update(method.upper() for method in operations)
+    return ", ".join(sorted(methods))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -209,3 +209,36 @@ def test_health_endpoints_need_no_token(client) -> None:
 def test_unknown_routes_and_methods_are_problems(client) -> None:
     assert_problem(client.get("/v2/nothing"), 404, "not_found")
     assert_problem(client.delete("/v1/jobs"), 405, "method_not_allowed")
+    assert client.delete("/v1/jobs").headers["allow"] == "GET, POST"
+    assert client.put("/v1/jobs/abc/cancel").headers["allow"] == "POST"
+
+
+def test_json_nested_too_deep_is_malformed(client, store) -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    response = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert_problem(response, 400, "malformed_request")
+    assert_no_job(store)
+
+
+def test_every_documented_error_is_problem_json(client) -> None:
+    document = client.get("/openapi.json").json()
+    seen = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status[0] in "45":
+                    seen += 1
+                    assert list(response["content"]) == ["application/problem+json"], (
+                        method,
+                        path,
+                        status,
+                    )
+    assert seen > 20 and "HTTPValidationError" not in document["components"]["schemas"]
+    job_path = document["paths"]["/v1/jobs/{job_id}"]
+    assert {"401", "403", "404", "422", "503"} <= set(job_path["get"]["responses"])
+
+
+def test_an_over_long_job_id_is_a_documented_422(client) -> None:
+    problem = assert_problem(client.get("/v1/jobs/" + "a" * 65), 422, "invalid_request")
+    assert problem["errors"][0]["field"] == "job_id"
+    assert_problem(client.post("/v1/jobs/" + "a" * 65 + "/cancel"), 422, "invalid_request")
