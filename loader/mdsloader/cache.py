@@ -12,6 +12,7 @@ Every process of a node (all ranks, all DataLoader workers) shares the files und
 * **One preparer per shard.** Preparing takes an exclusive ``flock`` on the shard's lock file; the
   kernel drops it if the holder dies, so a crash never blocks a later run. A process that finds the
   lock held waits on it and then sees the finished file: each shard is downloaded once per node.
+  Lock files live beside the cache directory (``mdsloader.stream.lock_dir_for``), not in it.
 * **Eviction** (``cache_limit``) happens under one cache-wide lock, removes the least recently used
   shards first (the access time is the raw file's mtime, refreshed whenever a shard is prepared
   for reading), and only ever removes shards of streams that have a remote: a local-only
@@ -39,7 +40,7 @@ from mdsloader.errors import (
     ShardFormatError,
 )
 from mdsloader.locks import file_lock
-from mdsloader.stream import INDEX_BASENAME, LOCK_DIR
+from mdsloader.stream import INDEX_BASENAME
 
 if TYPE_CHECKING:
     from mdsloader.stream import Stream
@@ -152,13 +153,32 @@ class ShardCache:
             StorageError: The download kept failing after the stream's retries.
         """
         raw = self._raw[shard_id]
-        if self.touch(shard_id):
-            return raw
-        stream = self.streams[self.stream_of_shard[shard_id]]
-        with file_lock(stream.lock_path(_lock_name(self.shards[shard_id].raw_data.basename))):
-            if not self.touch(shard_id):
-                self._prepare(shard_id, stream)
+        if not self.touch(shard_id):
+            self._prepare_locked(shard_id, blocking=True)
         return raw
+
+    def try_ensure(self, shard_id: int) -> Path | None:
+        """:meth:`ensure`, unless another thread or process is preparing the shard right now.
+
+        Returns:
+            The raw file's path, or None (at once) when the shard is being prepared elsewhere.
+        """
+        raw = self._raw[shard_id]
+        if self.touch(shard_id) or self._prepare_locked(shard_id, blocking=False):
+            return raw
+        return None
+
+    def _prepare_locked(self, shard_id: int, *, blocking: bool) -> bool:
+        """Prepare the shard under its lock unless present; False if the lock was busy."""
+        stream = self.streams[self.stream_of_shard[shard_id]]
+        with file_lock(self._shard_lock(shard_id), blocking=blocking) as held:
+            if held and not self.touch(shard_id):
+                self._prepare(shard_id, stream)
+        return held
+
+    def _shard_lock(self, shard_id: int) -> Path:
+        stream = self.streams[self.stream_of_shard[shard_id]]
+        return stream.lock_path(_lock_name(self.shards[shard_id].raw_data.basename))
 
     def touch(self, shard_id: int) -> bool:
         """Mark a shard as just used (its LRU stamp); returns whether its raw file is present.
@@ -281,7 +301,7 @@ class ShardCache:
     # ---- cache_limit -------------------------------------------------------------------------
 
     def _budget_lock(self) -> Path:
-        return self.streams[0].local_root / LOCK_DIR / "cache-budget.lock"
+        return self.streams[0].lock_path("cache-budget")
 
     def shard_bytes(self, shard_id: int) -> int:
         """Bytes one shard occupies when fully local (raw plus zip, as the index states)."""
@@ -309,7 +329,7 @@ class ShardCache:
             return None
         needed = self.shard_bytes(shard_id)
         stream = self.streams[self.stream_of_shard[shard_id]]
-        lock = stream.lock_path(_lock_name(self.shards[shard_id].raw_data.basename))
+        lock = self._shard_lock(shard_id)
         marker = self._budget_lock().parent / "inflight" / lock.name
         deadline = time.monotonic() + float(stream.download_timeout or 60.0)
         while True:
@@ -354,6 +374,11 @@ class ShardCache:
             if mtimes:
                 stamped.append((max(mtimes), shard_id))
         return [shard_id for _, shard_id in sorted(stamped)]
+
+    def evict_locked(self, shard_id: int) -> int:
+        """:meth:`evict` under the shard's lock: waits for a preparation of it to finish first."""
+        with file_lock(self._shard_lock(shard_id)):
+            return self.evict(shard_id)
 
     def evict(self, shard_id: int) -> int:
         """Delete a shard's local files if it has a remote copy; returns the bytes freed."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,7 @@ from mdsloader.options import validate_order_options
 from mdsloader.order import EpochPlanner
 from mdsloader.shardview import ShardView
 from mdsloader.state import EpochLedger, ResumeState, resolve_epoch
-from mdsloader.stream import Stream
+from mdsloader.stream import Stream, resolve_stream_weights
 from mdsloader.world import World, detect_world
 
 _OPEN_READERS = 64  # mmaps cost address space only
@@ -86,10 +87,15 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         replication: Consecutive ranks that receive identical samples.
 
     Raises:
-        ValueError: Invalid or inconsistent arguments, an empty stream, or a cache limit that is
-            too small (it must exceed the indexes and hold 4x the largest shard).
+        ValueError: Invalid or inconsistent arguments, or a cache limit that is too small (it
+            must exceed the indexes and hold 4x the largest shard).
+        EmptyDatasetError: A stream without samples (a ``ValueError`` and a ``RuntimeError``).
         UnsafeTypeError: A ``pkl`` column without ``allow_unsafe_types=True``.
+        IndexNotFoundError: No remote and no local index (also a ``RuntimeError``).
         StorageError: An index could not be fetched.
+
+    Warns:
+        UserWarning: ``predownload`` is smaller than ``batch_size`` (as the reference warns).
     """
 
     def __init__(
@@ -128,6 +134,13 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             replication=replication,
         )  # fmt: skip
         self.batch_size = batch_size
+        if predownload is not None and batch_size is not None and predownload < batch_size:
+            warnings.warn(
+                f"predownload < batch_size ({predownload} < {batch_size}): batches may wait for "
+                "downloads. Set predownload to at least batch_size.",
+                UserWarning,
+                stacklevel=2,
+            )
         self.predownload = predownload if predownload is not None else 8 * (batch_size or 8)
         self.allow_unsafe_types = allow_unsafe_types
         # Mutable like the reference's: a loaded state dict overrides them.
@@ -146,6 +159,9 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         )
         self._planner = EpochPlanner(self._catalog, self.streams, self._options)
         self.epoch_size = self._planner.epoch_size
+        resolve_stream_weights(
+            self.streams, self._planner.choose_per_stream, self._catalog.samples_per_stream.tolist()
+        )
         self._rank_world = detect_world()
         self._world = self._rank_world.replicate(replication) if replication else self._rank_world
         self.length = math.ceil(self.epoch_size / self._world.num_ranks)
@@ -196,6 +212,34 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
     def samples_per_shard(self) -> NDArray[np.int64]:
         """Samples of each shard, streams concatenated."""
         return self._catalog.samples_per_shard
+
+    @property
+    def shards(self) -> tuple[Any, ...]:
+        """Every shard's index entry (``ShardInfo``: ``samples``, ``compression``, ``raw_data``,
+        ``zip_data``, columns, ...), streams concatenated: the reference's ``shards`` list."""
+        return self._catalog.shards
+
+    # ---- manual cache control -----------------------------------------------------------------
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Make a shard local now (download, validate, decompress), as the reference offers.
+
+        Safe from any thread or process of the node. With ``blocking=False``, return at once if
+        another thread or process is preparing the shard.
+        """
+        if blocking:
+            self.cache.ensure(shard_id)
+        else:
+            self.cache.try_ensure(shard_id)
+
+    def evict_shard(self, shard_id: int) -> None:
+        """Delete a shard's local files (the next read downloads it again), as the reference.
+
+        Waits for a preparation of the shard in progress to finish first. Unlike the reference,
+        a shard of a stream without a remote is never deleted: its files are the only copy.
+        """
+        self._close_reader(shard_id)
+        self.cache.evict_locked(shard_id)
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch: ``ceil(epoch_size / ranks)``."""
@@ -254,6 +298,24 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             self._is_open[closed] = False
             _close(old)
         return reader
+
+    def _close_reader(self, shard: int) -> None:
+        reader = self._readers.pop(shard, None)
+        if reader is not None:
+            self._is_open[shard] = False
+            _close(reader)
+
+    def _drop_stale_readers(self) -> None:
+        """Close open shards whose cached file was deleted or replaced since they were opened.
+
+        Within an epoch such a shard is still read from its open map (Linux keeps the unlinked
+        file alive, so the data stays whole); from the next epoch on it is made local again
+        through the cache, downloaded again if it is missing, and the old inode's disk space is
+        released. One ``stat`` per open shard per epoch.
+        """
+        for shard, reader in list(self._readers.items()):
+            if not reader.is_current():
+                self._close_reader(shard)
 
     # ---- epochs and resumption ----------------------------------------------------------------
 
@@ -346,6 +408,7 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         """Yield this worker's samples of the next epoch (resuming if a state was loaded)."""
         world = self._worker_world()
         epoch, sample_in_epoch = self._begin_epoch(world)
+        self._drop_stale_readers()
         ids = self.worker_sample_ids(epoch, sample_in_epoch, world)
         return self._iter_ids(ids)
 

@@ -47,6 +47,8 @@ class ShardView:
                         f"{self.path}: {size} bytes, the index says {info.raw_data.bytes}"
                     )
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+                stat = os.fstat(handle.fileno())
+                self._identity = (stat.st_dev, stat.st_ino)
         except FileNotFoundError as exc:
             raise ObjectNotFoundError(f"shard file {self.path} does not exist") from exc
         check_header(self._map, info.samples, where=self.path)
@@ -62,6 +64,18 @@ class ShardView:
 
     def __len__(self) -> int:
         return self.samples
+
+    def is_current(self) -> bool:
+        """Whether the mapped file is still the one at ``path`` (not deleted or replaced).
+
+        The map stays readable either way; a caller that wants the cache's current file (and an
+        evicted one downloaded again) reopens the shard when this is False.
+        """
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._identity
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         """Decode sample ``index`` of this shard (0-based, no negative indices)."""
