@@ -16,10 +16,12 @@ server for about two minutes. :func:`classify_gcs_error` is the one place that k
 
 from __future__ import annotations
 
+import http.client
 import importlib.util
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -408,9 +410,13 @@ def _credentials(options: GCSOptions) -> tuple[Any, str | None]:
     from google.auth.exceptions import DefaultCredentialsError
 
     if options.credentials_file:
-        credentials, project = google.auth.load_credentials_from_file(
-            options.credentials_file, scopes=[_SCOPE]
-        )
+        with warnings.catch_warnings():
+            # The file is the one the user configured, as google.auth.default() treats
+            # GOOGLE_APPLICATION_CREDENTIALS (which silences the same warning).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            credentials, project = google.auth.load_credentials_from_file(
+                options.credentials_file, scopes=[_SCOPE]
+            )
         return credentials, options.project or project
     if options.endpoint_url:
         return AnonymousCredentials(), options.project
@@ -427,7 +433,13 @@ def _make_client(options: GCSOptions, credentials: Any, project: str | None) -> 
     storage = _import_storage()
     client_options = {"api_endpoint": options.endpoint_url} if options.endpoint_url else None
     # project=None makes the client use "<none>" instead of looking one up.
-    return storage.Client(project=project, credentials=credentials, client_options=client_options)
+    client = storage.Client(project=project, credentials=credentials, client_options=client_options)
+    if getattr(client, "_bucket_metadata_cache", None) is not None:
+        # Newer clients fetch each bucket's metadata in a background thread, with the library's
+        # own retries, to label telemetry; the library skips it when the cache is None. It would
+        # be a request we do not bound (and keep retrying a stopped server long after we fail).
+        client._bucket_metadata_cache = None
+    return client
 
 
 # -- error classification: the one place that knows google-cloud-storage's exceptions -----------
@@ -449,6 +461,7 @@ def classify_gcs_error(exc: BaseException) -> Kind | None:
     5xx, connection errors, timeouts, torn bodies and checksum mismatches are ``transient``.
     """
     import requests
+    import urllib3
     from google.api_core import exceptions as api
     from google.auth import exceptions as auth
 
@@ -464,7 +477,10 @@ def classify_gcs_error(exc: BaseException) -> Kind | None:
         return "denied"
     if status in (408, 429) or status >= 500:
         return "transient"
-    if isinstance(exc, requests.exceptions.RequestException | ConnectionError | TimeoutError):
+    # The media downloads read the raw urllib3 body, so its errors arrive unwrapped.
+    network = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+               http.client.HTTPException, ConnectionError, TimeoutError)  # fmt: skip
+    if isinstance(exc, network):
         return "transient"
     if type(exc).__name__ == "DataCorruption":  # a checksum mismatch: the body was torn
         return "transient"
