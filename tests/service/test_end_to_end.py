@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from app.main import create_app
+from app.main import celery_enqueuer, create_app
 from app.settings import AppSettings
 from tests.conftest import free_port, require
 from tests.service.conftest import AUTH, TOKEN, LiveServer
@@ -266,3 +266,22 @@ def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker)
     storage = open_storage(target)
     assert set(storage.list("")) == referenced_files(storage), "orphaned shards after redelivery"
     assert store.client.exists(store.lease_key(job["id"])) == 0
+
+
+def test_the_worker_refuses_a_record_altered_in_redis(api, env, worker) -> None:
+    """A job record edited in Redis to read a host file is failed by the worker's own check
+    (its Spark never reads the file) and nothing is written to the target."""
+    from mdsloader.storage import open_storage
+    from worker.access.principals import legacy_name
+    from worker.jobs import JobRecord, JobRequest
+
+    store = RedisJobStore.from_url(env.settings.redis_url, prefix=env.prefix)
+    target = f"{env.bucket}/altered"
+    request = JobRequest(source_table="csv.`/etc/passwd`", target=target)
+    record = JobRecord.new(request, legacy_name(TOKEN))
+    store.create(record)
+    celery_enqueuer(env.settings)(record.id)
+    done = wait_for(api, record.id, FINAL, timeout=120)
+    assert done["state"] == "failed" and done["error"]["code"] == "access_denied", done
+    assert "not under an allowed source root" in done["error"]["message"]
+    assert open_storage(target).list("") == []
