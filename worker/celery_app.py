@@ -80,3 +80,88 @@ def __getattr__(name: str) -> Any:
         globals()["app"] = globals()["celery"] = value
         return value
     raise AttributeError(f"module 'worker.celery_app' has no attribute {name!r}")
+
+
+# Graceful shutdown (worker.shutdown): SIGTERM hands running jobs back to the queue; time-bounded.
+_controller: dict[str, Any] = {}
+
+
+@signals.worker_init.connect
+def _remember_worker(sender: Any = None, **kwargs: Any) -> None:
+    _controller["worker"] = sender
+
+
+@signals.worker_process_init.connect
+def _pool_child_shutdown_handler(**kwargs: Any) -> None:
+    from worker.shutdown import install_child_handler
+
+    install_child_handler()
+
+
+@signals.worker_shutting_down.connect
+def _begin_graceful_shutdown(**kwargs: Any) -> None:
+    from worker.shutdown import CHILD_SIGNAL, SHUTDOWN, pool_child_pids, signal_children
+
+    worker = _controller.get("worker")
+    settings = _worker_settings(worker)
+    SHUTDOWN.begin(
+        settings.shutdown_timeout,
+        notify_children=lambda: signal_children(pool_child_pids(worker), CHILD_SIGNAL),
+        hard_exit=lambda: _hard_exit(worker, settings),
+    )
+
+
+def _worker_settings(worker: Any) -> WorkerSettings:
+    settings = getattr(getattr(worker, "app", None), "conf", {}).get("mds_settings")
+    return settings if isinstance(settings, WorkerSettings) else get_worker_settings()
+
+
+def _hard_exit(worker: Any, settings: WorkerSettings) -> None:
+    """Publish the running jobs again, kill the pool's children and leave at once."""
+    import os
+    import signal
+    import threading
+
+    from celery.worker import state
+
+    from worker.shutdown import HARD_EXIT_CODE, pool_child_pids, signal_children
+
+    job_ids = [
+        str(request.args[0])
+        for request in list(state.active_requests)
+        if request.name == TASK_NAME and request.args
+    ]
+
+    def requeue() -> None:
+        app = getattr(worker, "app", None)
+        for job_id in job_ids:
+            # Another worker takes the job once this one's job lease has expired.
+            app.send_task(TASK_NAME, args=[job_id], queue=settings.celery_queue)
+
+    if job_ids and getattr(worker, "app", None) is not None:
+        # In a thread with a bound: the broker may be the reason the shutdown is stuck.
+        thread = threading.Thread(target=requeue, daemon=True)
+        thread.start()
+        thread.join(3.0)
+    log.warning("worker.hard_exit jobs=%s", job_ids)
+    signal_children(pool_child_pids(worker), signal.SIGKILL)
+    os._exit(HARD_EXIT_CODE)
+
+
+@signals.worker_ready.connect
+def _start_housekeeping_schedule(sender: Any = None, **kwargs: Any) -> None:
+    """Every worker offers to run housekeeping each interval; one round runs per interval."""
+    from worker.housekeeping import Schedule
+    from worker.jobs import RedisJobStore
+    from worker.tasks import HOUSEKEEPING_TASK
+
+    app = getattr(sender, "app", None)
+    settings = _worker_settings(_controller.get("worker"))
+    if app is None or settings.housekeeping_interval <= 0:
+        return
+    store = RedisJobStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
+    Schedule(
+        store,
+        settings.housekeeping_interval,
+        lambda: app.send_task(HOUSEKEEPING_TASK, queue=settings.celery_queue),
+    ).start()

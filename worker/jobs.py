@@ -149,6 +149,15 @@ class TransitionEntry(_Model):
     attempt: int
 
 
+class JobWait(_Model):
+    """Why a job is not running yet: its target is owned by another job (``holder``), or its
+    worker handed it back to the queue while shutting down."""
+
+    reason: str
+    holder: str | None = None
+    since: datetime
+
+
 class JobRecord(_Model):
     id: str
     state: JobState = JobState.QUEUED
@@ -162,6 +171,8 @@ class JobRecord(_Model):
     error: JobError | None = None
     attempts: int = 0
     transitions: list[TransitionEntry] = Field(default_factory=list)
+    # Set while the job waits for its target (see worker.target_lease); cleared when it runs.
+    waiting: JobWait | None = None
 
     @classmethod
     def new(cls, request: JobRequest) -> JobRecord:

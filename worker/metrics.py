@@ -40,8 +40,27 @@ def record_conversion(
     pipe.execute()
 
 
+# Counters of the many-workers machinery: a job deferred because its target was owned, a start of a
+# job that was already running (worker died, job handed back, transient retry), a job handed back
+# to the queue by a worker shutting down.
+EVENTS = {
+    "lease_waits": "Times a job was deferred because another job owned its target",
+    "redeliveries": "Starts of a job that was already running (worker died, handed back, retry)",
+    "handbacks": "Running jobs handed back to the queue by a worker shutting down",
+}
+
+
+def record_event(store: RedisJobStore, name: str) -> None:
+    """Count one event of :data:`EVENTS`; a failure to count never fails a job."""
+    try:
+        store.client.hincrby(store.metrics_key, name, 1)
+    except Exception:  # best effort: a lost increment is not worth a retry
+        pass
+
+
 class RedisJobCollector(Collector):
-    """Jobs by state, queue depth, finished jobs, rows, bytes and conversion durations."""
+    """Jobs by state, queue depth, running jobs, finished jobs, lease waits, redeliveries,
+    hand-backs, rows, bytes and conversion durations."""
 
     def __init__(self, store: RedisJobStore, queue: str) -> None:
         self.store = store
@@ -59,6 +78,13 @@ class RedisJobCollector(Collector):
         yield GaugeMetricFamily(
             "mds_convert_queue_depth", "Messages waiting on the broker queue", value=depth
         )
+        yield GaugeMetricFamily(
+            "mds_convert_running_jobs",
+            "Jobs running now (running or cancelling)",
+            value=counts[JobState.RUNNING] + counts[JobState.CANCELLING],
+        )
+        for name, text in EVENTS.items():
+            yield CounterMetricFamily(f"mds_convert_{name}", text, value=raw.get(name, 0.0))
         finished = CounterMetricFamily(
             "mds_convert_jobs_finished", "Jobs that reached a final state", labels=["state"]
         )

@@ -1,10 +1,13 @@
 """The ``conversion.run`` task and the job runner behind it.
 
 The task is thin: it hands the job id to :class:`JobRunner`, which re-reads the record, takes the
-job's lease, moves it to ``running``, runs the conversion with a watcher thread (progress about
-once a second, the cancel flag, the lease) and records the outcome with compare-and-set
-transitions. Failures are classified by ``worker.errors``: transient ones are retried with
-backoff, permanent ones fail the job at once.
+job's lease and then its target's lease (``worker.target_lease``: one writer per target; a job whose
+target is owned waits in ``queued`` with the reason in ``record.waiting``), moves it to ``running``,
+runs the conversion with a watcher thread (progress about once a second, the cancel flag, both
+leases, the worker's shutdown flag) and records the outcome with compare-and-set transitions.
+Failures are classified by ``worker.errors``: transient ones are retried with backoff, permanent
+ones fail the job at once. On ``SIGTERM`` a running job is cancelled and handed back to the queue
+(``worker.shutdown``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -36,11 +38,15 @@ from worker.jobs import (
     JobRecord,
     JobResult,
     JobState,
+    JobWait,
     RedisJobStore,
+    utcnow,
 )
 from worker.logging import job_context
-from worker.metrics import record_conversion
+from worker.metrics import record_conversion, record_event
 from worker.settings import WorkerSettings
+from worker.shutdown import SHUTDOWN, Shutdown
+from worker.target_lease import TargetLeases, normalise_target
 
 log = logging.getLogger("worker.tasks")
 TASK_NAME = "conversion.run"
@@ -84,11 +90,15 @@ def spec_for(record: JobRecord) -> ConversionSpec:
 class Watcher(threading.Thread):
     """Flushes progress, watches for cancellation and keeps the job's lease alive."""
 
-    def __init__(self, runner: JobRunner, job_id: str, cancel: threading.Event) -> None:
+    def __init__(
+        self, runner: JobRunner, job_id: str, cancel: threading.Event, target: str
+    ) -> None:
         super().__init__(name=f"watch-{job_id}", daemon=True)
-        self.runner, self.job_id, self.cancel = runner, job_id, cancel
+        self.runner, self.job_id, self.cancel, self.target = runner, job_id, cancel, target
         self.stopped = threading.Event()
         self.lease_lost = False
+        # The worker is shutting down: the conversion is cancelled and the job handed back.
+        self.handed_back = False
         self.latest: ConversionProgress | None = None
         self._flushed: ConversionProgress | None = None
         self._context = contextvars.copy_context()
@@ -100,6 +110,10 @@ class Watcher(threading.Thread):
         settings = self.runner.settings
         next_flush = next_renew = 0.0
         while not self.stopped.wait(settings.cancel_poll_interval):
+            if self.runner.shutdown.requested.is_set() and not self.handed_back:
+                log.warning("job.handing_back", extra={"reason": "worker shutting down"})
+                self.handed_back = True
+                self.cancel.set()
             try:
                 now = time.monotonic()
                 if now >= next_renew:
@@ -114,8 +128,10 @@ class Watcher(threading.Thread):
                 log.warning("job.watch_failed", extra={"error": repr(exc)})
 
     def _renew(self) -> None:
-        runner = self.runner
-        if not runner.store.renew_lease(self.job_id, runner.owner, runner.settings.lease_ttl):
+        runner, ttl = self.runner, self.runner.settings.lease_ttl
+        held = runner.store.renew_lease(self.job_id, runner.owner, ttl)
+        held = held and runner.targets.renew(self.target, self.job_id, ttl)
+        if not held:
             log.error("job.lease_lost")
             self.lease_lost = True
             self.cancel.set()
@@ -146,9 +162,12 @@ class JobRunner:
         convert: ConvertFn,
         owner: str,
         discard: DiscardFn | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         self.store, self.settings, self.convert, self.owner = store, settings, convert, owner
         self.discard = discard or discard_unpublished_run
+        self.shutdown = shutdown or SHUTDOWN
+        self.targets = TargetLeases(store)
 
     def run(self, job_id: str, *, retries: int = 0) -> JobState | None:
         """Run ``job_id``; returns its final state, or None when there was nothing to do.
@@ -165,6 +184,8 @@ class JobRunner:
             if record.state in FINAL_STATES:
                 log.info("job.already_final", extra={"state": str(record.state)})
                 return None
+            if self.shutdown.requested.is_set():
+                raise RetryLater(0, "the worker is shutting down")
             remaining = self.store.acquire_lease(job_id, self.owner, self.settings.lease_ttl)
             if remaining is not None:
                 raise RetryLater(remaining + 1, "another worker holds the job")
@@ -187,9 +208,41 @@ class JobRunner:
                 f"gave up each time (limit {self.settings.max_attempts})",
             )
             return self._finish(job_id, JobState.FAILED, started=time.monotonic(), payload=error)
+        if record.state not in (JobState.QUEUED, JobState.RUNNING):
+            return self._start(job_id, retries)  # cancelling: nothing will be written
+        target = record.request.target
+        holder = self.targets.acquire(target, job_id, self.settings.lease_ttl)
+        if holder is not None:
+            self._wait_for_target(record, holder)
+        try:
+            return self._start(job_id, retries)
+        finally:
+            self.targets.release_quietly(target, job_id)
+
+    def _wait_for_target(self, record: JobRecord, holder: str) -> None:
+        """Record why the job waits, count the wait, and ask to be run again shortly."""
+        reason = f"waiting for {normalise_target(record.request.target)}: owned by {holder}"
+
+        def apply(current: JobRecord) -> None:
+            same = current.waiting is not None and current.waiting.holder == holder
+            since = current.waiting.since if same and current.waiting else utcnow()
+            current.waiting = JobWait(reason=reason, holder=holder, since=since)
+
+        self.store.update(record.id, apply, expected={JobState.QUEUED, JobState.RUNNING})
+        record_event(self.store, "lease_waits")
+        log.info("job.waiting_for_target", extra={"holder": holder})
+        raise RetryLater(self.settings.target_wait_interval * random.uniform(0.75, 1.25), reason)
+
+    def _start(self, job_id: str, retries: int) -> JobState | None:
+        def clear_wait(record: JobRecord) -> None:
+            record.waiting = None
+
         try:
             record = self.store.transition(
-                job_id, JobState.RUNNING, expected={JobState.QUEUED, JobState.RUNNING}
+                job_id,
+                JobState.RUNNING,
+                expected={JobState.QUEUED, JobState.RUNNING},
+                mutate=clear_wait,
             )
         except InvalidTransitionError as exc:
             if exc.current is JobState.CANCELLING:
@@ -198,12 +251,15 @@ class JobRunner:
                 return self._finish(job_id, JobState.CANCELLED, started=time.monotonic())
             log.info("job.not_runnable", extra={"state": str(exc.current)})
             return None
+        if record.transitions[-1].source is JobState.RUNNING:
+            # Started before: its worker died or handed it back, or a transient failure retried.
+            record_event(self.store, "redeliveries")
         log.info("job.started", extra={"attempt": record.attempts, "target": record.request.target})
         return self._convert(record, retries)
 
     def _convert(self, record: JobRecord, retries: int) -> JobState | None:
         cancel = threading.Event()
-        watcher = Watcher(self, record.id, cancel)
+        watcher = Watcher(self, record.id, cancel, record.request.target)
         started = time.monotonic()
         watcher.start()
         try:
@@ -234,6 +290,8 @@ class JobRunner:
         if watcher.lease_lost:
             log.error("job.abandoned", extra={"reason": "lease lost to another worker"})
             return None
+        if watcher.handed_back and outcome[0] is not JobState.SUCCEEDED:
+            self._hand_back(record.id)
         self._retrying(watcher.flush)
         state, payload = outcome
         if (
@@ -245,6 +303,21 @@ class JobRunner:
             log.warning("job.retry", extra={"error": payload.message, "delay": round(delay, 2)})
             raise RetryLater(delay, payload.message)
         return self._finish(record.id, state, started=started, payload=payload)
+
+    def _hand_back(self, job_id: str) -> None:
+        """The conversion stopped because the worker is shutting down: queue the job again.
+
+        A job the user cancelled meanwhile is left to the normal cancel path instead.
+        """
+        now = utcnow()
+
+        def apply(record: JobRecord) -> None:
+            record.waiting = JobWait(reason="handed back: its worker shut down", since=now)
+
+        if self._retrying(lambda: self.store.update(job_id, apply, expected={JobState.RUNNING})):
+            record_event(self.store, "handbacks")
+            log.warning("job.handed_back")
+            raise RetryLater(0, "the worker is shutting down")
 
     @staticmethod
     def _error(exc: ConversionError) -> dict[str, Any]:
@@ -356,7 +429,12 @@ def get_runner(task: Task) -> JobRunner:
     return runner
 
 
-@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+# max_retries=None on the task: Task.retry(max_retries=None) means "the task's default" (3), not
+# unlimited. Waiting for a lease or a target must never run out; JobRunner counts the retries of
+# transient failures itself (WORKER_MAX_RETRIES).
+@shared_task(
+    name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
+)
 def run_conversion(self: Task, job_id: str) -> str | None:
     """Convert the job's table to MDS; only the job id travels through the broker."""
     try:
@@ -369,3 +447,16 @@ def run_conversion(self: Task, job_id: str) -> str | None:
         delay = backoff(self.request.retries, get_runner(self).settings.retry_backoff_max)
         raise self.retry(countdown=delay, exc=exc, max_retries=None) from None
     return None if state is None else str(state)
+
+
+HOUSEKEEPING_TASK = "conversion.housekeeping"
+
+
+@shared_task(name=HOUSEKEEPING_TASK, bind=True, ignore_result=True)
+def run_housekeeping(self: Task, dry_run: bool = False) -> dict[str, object]:
+    """Remove overwritten generations and dead run directories older than the grace period."""
+    from worker.housekeeping import housekeeping_round
+
+    settings: WorkerSettings = self.app.conf["mds_settings"]
+    runner = get_runner(self)
+    return housekeeping_round(runner.store, settings.housekeeping_grace, dry_run=dry_run).as_dict()

@@ -76,7 +76,13 @@ def overwrite(tmp_path, run: str) -> None:
     publisher.publish([write_partition(tmp_path, run, 0, ["shard.00000.mds.zstd"])])
 
 
-def test_overwrite_keeps_the_replaced_generation_until_the_next_overwrite(tmp_path) -> None:
+def retired_paths(tmp_path) -> list[str]:
+    from worker.convert.publish import read_retired
+
+    return [e.path for e in read_retired(open_storage(str(tmp_path)))]
+
+
+def test_overwrite_retires_the_replaced_generations_for_housekeeping(tmp_path) -> None:
     Publisher(open_storage(str(tmp_path)), "old", "error").publish(
         [write_partition(tmp_path, "old", 0, ["shard.00000.mds.zstd"])]
     )
@@ -85,10 +91,12 @@ def test_overwrite_keeps_the_replaced_generation_until_the_next_overwrite(tmp_pa
     # A reader mid-epoch on the old index still finds its shards after the swap ...
     assert "old/00000/shard.00000.mds.zstd" in files(tmp_path)
     overwrite(tmp_path, "newer")
-    # ... and they go at the next overwrite, while the generation just replaced is retired.
+    # ... even after another overwrite: housekeeping removes retired generations after a grace
+    # period (worker.housekeeping), publication never does.
     names = files(tmp_path)
-    assert not any(f.startswith("old/") for f in names)
+    assert "old/00000/shard.00000.mds.zstd" in names
     assert "new/00000/shard.00000.mds.zstd" in names
+    assert retired_paths(tmp_path) == ["old/", "new/"]
     assert read_index(tmp_path).shards[0].file.basename == "newer/00000/shard.00000.mds.zstd"
 
 
@@ -104,8 +112,8 @@ def test_overwrite_retires_loose_shards_of_a_dataset_written_in_place(tmp_path) 
     assert "shard.00000.mds" in files(tmp_path)
     overwrite(tmp_path, "b")
     names = files(tmp_path)
-    assert "shard.00000.mds" not in names
-    assert "a/00000/shard.00000.mds.zstd" in names  # retired, not yet deleted
+    assert "shard.00000.mds" in names and "a/00000/shard.00000.mds.zstd" in names
+    assert retired_paths(tmp_path) == ["shard.00000.mds", "a/"]
 
 
 def test_discard_removes_the_whole_run(tmp_path) -> None:

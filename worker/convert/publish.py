@@ -7,22 +7,27 @@ Layout of a published dataset::
     <target>/<run dir>/<partition>/index.json  (each partition's own index, as the reference keeps)
 
 ``mode="overwrite"`` writes the new run beside the old one and swaps ``index.json`` in one write.
-Grace behaviour: the replaced generation's files are *retired*, not deleted: they stay until the
-next overwrite of the same target, so a reader that is mid-epoch on the old index keeps finding
-every shard it has yet to fetch. The list of retired paths lives in ``_mds_convert/retired.json``
-(outside any run directory, ignored by readers); each overwrite deletes what the previous one
-retired, then retires the generation it replaced.
+The write is conditional (``worker.convert.conditional``): it replaces only the index that
+:meth:`Publisher.check_target` read, and creates a new one only where there was none, so a writer
+that lost its target lease cannot silently replace another job's dataset.
+
+Grace behaviour: the replaced generation's files are *retired*, not deleted, so a reader that is
+mid-epoch on the old index keeps finding every shard it has yet to fetch. The retired paths and
+when they were retired live in ``_mds_convert/retired.json`` (outside any run directory, ignored by
+readers); housekeeping (``worker.housekeeping``) removes them once the grace period has passed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 from mdsloader.errors import IndexFormatError, ObjectNotFoundError
 from mdsloader.mds.index import Index, dump_index, merge_shards, parse_index
 from mdsloader.storage import Storage
+from worker.convert.conditional import IndexVersion, PublishConflict, read_index, write_index
 from worker.convert.model import Mode
 from worker.convert.partitions import partition_dir
 from worker.errors import PermanentConversionError, TargetExistsConversionError
@@ -49,6 +54,7 @@ class Publisher:
         self.run_dir = run_dir.strip("/")
         self.mode = mode
         self.previous: Index | None = None
+        self.seen = IndexVersion(None)  # the index.json that check_target read (for the commit)
 
     def check_target(self) -> None:
         """Refuse an existing dataset under ``mode="error"``; remember it for ``overwrite``.
@@ -59,9 +65,9 @@ class Publisher:
         Raises:
             TargetExistsConversionError: the target holds an index.json and mode is ``error``.
         """
-        try:
-            data = self.storage.read_bytes(INDEX)
-        except ObjectNotFoundError:
+        self.seen = read_index(self.storage)
+        data = self.seen.data
+        if data is None:
             return
         try:
             self.previous = parse_index(data, source=self.storage.child_url(INDEX))
@@ -86,11 +92,19 @@ class Publisher:
         return index
 
     def _commit(self, index: Index) -> None:
-        """Write index.json in one PUT/rename. If the write reports a failure but the new index
-        is in place anyway (a lost response), it counts as published."""
+        """Write index.json in one conditional PUT/rename. If the write reports a failure but the
+        new index is in place anyway (a lost response), it counts as published.
+
+        Raises:
+            TargetExistsConversionError: another writer published since ``check_target``.
+        """
         data = dump_index(index)
         try:
-            self.storage.write_bytes(INDEX, data)
+            write_index(self.storage, data, self.seen)
+        except PublishConflict as exc:
+            raise TargetExistsConversionError(
+                f"{exc}; another job published to this target meanwhile, nothing was replaced"
+            ) from exc
         except Exception:
             try:
                 landed = self.storage.read_bytes(INDEX) == data
@@ -121,31 +135,55 @@ class Publisher:
                 self.storage.delete(relpath)
 
     def _remove_previous(self, index: Index) -> None:
-        """Delete the generation retired by the last overwrite; retire the one just replaced."""
+        """Retire the generation just replaced (housekeeping deletes it after the grace period)."""
         if self.previous is None:
             return
         current = _referenced(index)
         keep_dirs = _top_dirs(index)
-        for entry in self._read_retired():
-            if entry.endswith("/"):
-                if entry.rstrip("/") not in keep_dirs:
-                    removed = self.storage.delete_prefix(entry)
-                    log.info("conversion.retired_run_removed dir=%s files=%d", entry, removed)
-            elif entry not in current:
-                self.storage.delete(entry)
-        dirs = sorted(f"{d}/" for d in _top_dirs(self.previous) - keep_dirs)
-        loose = sorted(f for f in _referenced(self.previous) - current if "/" not in f)
-        self.storage.write_bytes(RETIRED, json.dumps(dirs + loose).encode())
+        dirs = {f"{d}/" for d in _top_dirs(self.previous) - keep_dirs}
+        loose = {f for f in _referenced(self.previous) - current if "/" not in f}
+        entries = [
+            e for e in read_retired(self.storage)
+            if e.path.rstrip("/") not in keep_dirs and e.path not in current
+        ]
+        known = {e.path for e in entries}
+        now = time.time()
+        entries += [Retired(p, now) for p in sorted(dirs | loose) if p not in known]
+        write_retired(self.storage, entries)
 
-    def _read_retired(self) -> list[str]:
-        try:
-            entries = json.loads(self.storage.read_bytes(RETIRED))
-        except ObjectNotFoundError:
-            return []
-        except ValueError:
-            log.warning("conversion.retired_list_unreadable path=%s", RETIRED)
-            return []
-        return [e for e in entries if isinstance(e, str) and e and not e.startswith(("/", ".."))]
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """A path of a replaced generation (a run directory ending in ``/``, or a loose file) and
+    when it was replaced (seconds since the epoch)."""
+
+    path: str
+    retired_at: float
+
+
+def read_retired(storage: Storage) -> list[Retired]:
+    """The retired list of a target; entries of the older plain-string format count as retired
+    now (their grace period starts when first seen by this version)."""
+    try:
+        raw = json.loads(storage.read_bytes(RETIRED))
+    except ObjectNotFoundError:
+        return []
+    except ValueError:
+        log.warning("conversion.retired_list_unreadable path=%s", RETIRED)
+        return []
+    entries: list[Retired] = []
+    for item in raw if isinstance(raw, list) else []:
+        path, at = (item, time.time()) if isinstance(item, str) else (None, 0.0)
+        if isinstance(item, dict):
+            path, at = item.get("path"), float(item.get("retired_at") or 0.0)
+        if isinstance(path, str) and path and not path.startswith(("/", "..", "_mds_convert")):
+            entries.append(Retired(path, at))
+    return entries
+
+
+def write_retired(storage: Storage, entries: list[Retired]) -> None:
+    body = [{"path": e.path, "retired_at": e.retired_at} for e in entries]
+    storage.write_bytes(RETIRED, json.dumps(body).encode())
 
 
 def _referenced(index: Index) -> set[str]:
