@@ -160,8 +160,8 @@ class Stream:
         self.split = split or ""
         # Derived now, like the reference's, so ``stream.local`` is known before a dataset is
         # built (the dataset may still change it: see apply_default).
-        self.local = local if local is not None or remote is None else default_local_dir(
-            remote, self.split
+        self.local = (
+            local if local is not None or remote is None else default_local_dir(remote, self.split)
         )
         self._weights: list[float | None] = [proportion, repeat, choose]
         self._resolved: tuple[float, float, int] | None = None
