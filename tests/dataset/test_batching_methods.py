@@ -9,6 +9,8 @@ ours to the reference, and the reference's to ours.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import warnings
 
 import pytest
@@ -163,3 +165,35 @@ def test_our_state_resumes_the_reference_and_back(data, clean_reference_shm, met
     back = _loader(data, method, 2)
     back.load_state_dict(ref_loader.state_dict())
     assert [_ids(b) for b in back] == baseline[15:]
+
+
+def _run_rank(queue, rank, data, env, workers) -> None:  # pragma: no cover - in a child
+    os.environ.update(env)
+    logging.disable(logging.WARNING)
+    out = {}
+    for method in METHODS:
+        loader = StreamingDataLoader(ours(data, method), batch_size=4, num_workers=workers)
+        out[method] = [int(i) for batch in loader for i in batch["id"]]
+    queue.put((rank, out))
+
+
+def test_ranks_in_separate_processes_yield_the_reference_order(data, clean_reference_shm):
+    """2 nodes x 2 ranks from RANK/WORLD_SIZE/LOCAL_* (one process each, one with workers)."""
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = []
+    for rank in range(4):
+        env = {"RANK": str(rank), "WORLD_SIZE": "4", "LOCAL_RANK": str(rank % 2),
+               "LOCAL_WORLD_SIZE": "2"}
+        procs.append(ctx.Process(target=_run_rank, args=(queue, rank, data, env, 2)))
+    for proc in procs:
+        proc.start()
+    results = dict(queue.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(30)
+        assert proc.exitcode == 0
+    for method in METHODS:
+        work = reference_work(reference(data, method), nodes=2, ranks_per_node=2, workers=2,
+                              epoch=0, num_canonical_nodes=4)
+        for rank in range(4):
+            assert results[rank][method] == sample_ids(rank_ids(work, rank)), (method, rank)

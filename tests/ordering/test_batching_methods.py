@@ -287,3 +287,19 @@ def test_fixed_device_per_stream_warns_only_when_it_drops(stream_dirs, tmp_path_
         device_per_stream_batches(specs, [101, 260, 40], settings, topology, epoch=0,
                                   initial_physical_nodes=None)
         assert "stream with index 0 will be dropped" in caplog.text
+
+
+def test_kept_device_per_stream_ranks_may_end_unevenly(stream_dirs, tmp_path_factory):
+    """Property of the reference's layout: each node pads its own list of device batches to the
+    longest node's, so near the end of an epoch some ranks get empty batches while others still
+    get samples. We keep it (the order must stay the reference's); the README says so."""
+    ds = make_reference(stream_dirs, tmp_path_factory, "plain")
+    specs = our_streams(ds)
+    choose = resolve_stream_choose(specs, None, SEED)
+    settings = _settings("device_per_stream", num_canonical_nodes=4, batch_size=4)
+    want = reference_epoch(ds, settings, 2, 2, 1, epoch=0, sample_in_epoch=0)
+    counts = [len(worker_sample_ids(specs, choose, settings, Topology(2, 2, 1, node, rank, 0),
+                                    epoch=0, sample_in_epoch=0, initial_physical_nodes=None))
+              for node in range(2) for rank in range(2)]
+    assert counts == np.count_nonzero(want != -1, axis=(2, 3, 4)).ravel().tolist()
+    assert len(set(counts)) > 1, counts
