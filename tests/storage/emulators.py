@@ -34,15 +34,15 @@ AZURITE_KEY = (
 class ServerProcess:
     """A child process serving on a loopback port; stopped (and reaped) by :meth:`stop`."""
 
-    def __init__(self, argv: list[str], port: int, log: Path) -> None:
+    def __init__(self, argv: list[str], port: int, log: Path, cwd: Path | None = None) -> None:
         self.port = port
         self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
         # Its own process group, so that stop() also ends what a launcher script started.
         self.process = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
         )
         try:
-            wait_for_port(port, timeout=60)
+            wait_for_port(port, timeout=30)
         except BaseException:
             self.stop()
             raise
@@ -76,9 +76,10 @@ def start_azurite(binary: str, workdir: Path) -> ServerProcess:
     """Azurite's blob service, in memory, on a free loopback port."""
     port = free_port()
     argv = [binary, "--silent", "--inMemoryPersistence", "--blobHost", "127.0.0.1",
-            "--blobPort", str(port), "--skipApiVersionCheck", "--disableTelemetry", "--loose",
-            "--location", str(workdir)]  # fmt: skip
-    return ServerProcess(argv, port, workdir / "azurite.log")
+            "--blobPort", str(port), "--skipApiVersionCheck", "--disableTelemetry", "--loose"]
+    # No --location with --inMemoryPersistence (Azurite refuses both); run it in workdir instead,
+    # so that nothing it writes lands in the repository.
+    return ServerProcess(argv, port, workdir / "azurite.log", cwd=workdir)
 
 
 def azurite_connection_string(port: int, key: str = AZURITE_KEY) -> str:
@@ -153,3 +154,10 @@ def write_service_account(path: Path, token_uri: str) -> Path:
     }
     path.write_text(json.dumps(info))
     return path
+
+
+def azurite_origin(connection_string: str) -> str:
+    """``http://127.0.0.1:P`` of the BlobEndpoint in an Azurite connection string."""
+    fields = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+    scheme, _, rest = fields["BlobEndpoint"].partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
