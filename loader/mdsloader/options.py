@@ -52,7 +52,7 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         # "Invalid sampling method: ..." is the reference's wording (users search for it).
         label = name.replace("_", " ")
-        raise ValueError(f"Invalid {label}: {value!r}. Must be one of {', '.join(allowed)}.")
+        raise ValueError(f"Invalid {label}: {value!r}. `{name}` must be one of {allowed}.")
 
 
 def _check_positive(name: str, value: int | None) -> None:
