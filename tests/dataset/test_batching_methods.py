@@ -197,3 +197,20 @@ def test_ranks_in_separate_processes_yield_the_reference_order(data, clean_refer
                               epoch=0, num_canonical_nodes=4)
         for rank in range(4):
             assert results[rank][method] == sample_ids(rank_ids(work, rank)), (method, rank)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_replicated_ranks_share_batches_like_the_reference(data, clean_reference_shm, monkeypatch,
+                                                          method):
+    ref = reference(data, method)
+    with monkeypatch.context() as env:  # restored before the reference's shm clean-up runs
+        env.setenv("WORLD_SIZE", "4")
+        env.setenv("LOCAL_WORLD_SIZE", "4")
+        mine = ours(data, method, replication=2)
+    work = reference_work(ref, nodes=1, ranks_per_node=4, workers=2, epoch=1,
+                          num_canonical_nodes=4, replication=2)
+    for rank in range(4):
+        world = World(1, 4, 1, rank).replicate(2)
+        for worker in range(2):
+            got = mine.worker_sample_ids(1, 0, world.with_workers(worker, 2)).tolist()
+            assert got == worker_ids(work, rank // 2, worker)
