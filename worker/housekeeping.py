@@ -120,7 +120,7 @@ class Housekeeper:
             self._remove(storage, entry.path, report)
         if kept != retired and not self.dry_run:
             write_retired(storage, kept)
-        pending = {e.path.rstrip("/") for e in kept}
+        handled = {e.path.rstrip("/") for e in retired}  # removed above, or young and kept
 
         # A replaced generation is in use until its replacement was published.
         publisher = self._record(min(referenced_dirs)) if referenced_dirs else None
@@ -128,7 +128,7 @@ class Housekeeper:
         if publisher is not None and publisher.finished_at is not None:
             replaced_at = _ts(publisher.finished_at)
         for top in sorted(_top_dirs(storage)):
-            if top in referenced_dirs or top in pending or not JOB_ID.match(top):
+            if top in referenced_dirs or top in handled or not JOB_ID.match(top):
                 continue
             since = self._finished(top, replaced_at)
             if since is not None and now - since >= self.grace:
@@ -153,7 +153,7 @@ class Housekeeper:
             return None
 
     def _remove(self, storage: Storage, path: str, report: Report) -> None:
-        report.removed.append(storage.child_url(path))
+        report.removed.append(storage.child_url(path) + ("/" if path.endswith("/") else ""))
         if self.dry_run:
             report.files += len(storage.list(path)) if path.endswith("/") else 1
             return
