@@ -39,6 +39,10 @@ class InvalidSourceError(PermanentConversionError):
     code = "invalid_source"
 
 
+class SourceTimeoutError(PermanentConversionError):
+    code = "source_timeout"
+
+
 class UnsupportedTypeError(PermanentConversionError):
     code = "unsupported_type"
 

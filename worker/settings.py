@@ -92,6 +92,8 @@ class WorkerSettings(SharedSettings):
     lease_ttl: float = Field(30.0, gt=0)
     progress_interval: float = Field(1.0, gt=0)
     cancel_poll_interval: float = Field(0.5, gt=0)
+    # Seconds that resolving a job's source (catalog lookup, or listing a path) may take.
+    source_timeout: float = Field(300.0, gt=0)
     max_retries: int = Field(5, ge=0)
     # Starts of one job (first run, transient retries, redeliveries after a worker died) after
     # which it fails instead of being run again.

@@ -21,12 +21,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from typing import Any
 
 import redis
 from celery import Task, shared_task
 
 from mdsloader.errors import StorageUnavailableError
+from worker.access.recheck import RecordAuthorizer
 from worker.convert.model import ConversionProgress, ConversionResult, ConversionSpec
 from worker.errors import ConversionCancelled, ConversionError
 from worker.jobs import (
@@ -163,8 +165,12 @@ class JobRunner:
         owner: str,
         discard: DiscardFn | None = None,
         shutdown: Shutdown | None = None,
+        authorize: Callable[[JobRecord], str] | None = None,
     ) -> None:
         self.store, self.settings, self.convert, self.owner = store, settings, convert, owner
+        # Re-checks the stored job against the current grants before the source is touched;
+        # returns the source text to read (see worker.access.recheck).
+        self.authorize = authorize or RecordAuthorizer(settings)
         self.discard = discard or discard_unpublished_run
         self.shutdown = shutdown or SHUTDOWN
         self.targets = TargetLeases(store)
@@ -263,9 +269,8 @@ class JobRunner:
         started = time.monotonic()
         watcher.start()
         try:
-            result = self.convert(
-                spec_for(record), progress=self._progress_sink(watcher), cancel=cancel
-            )
+            spec = replace(spec_for(record), source_table=self.authorize(record))
+            result = self.convert(spec, progress=self._progress_sink(watcher), cancel=cancel)
         except ConversionCancelled as exc:
             # Only a cancel we asked for is a cancellation; anything else stopped the job.
             outcome: tuple[JobState, Any] = (
@@ -409,7 +414,9 @@ def spark_convert(settings: WorkerSettings) -> ConvertFn:
         progress = kwargs.get("progress")
         if progress is not None and is_warming():  # the worker's warm start is still running
             progress(ConversionProgress(phase="starting_spark"))
-        return convert_table(spec, spark=get_spark(settings), **kwargs)
+        return convert_table(
+            spec, spark=get_spark(settings), source_timeout=settings.source_timeout, **kwargs
+        )
 
     return convert
 

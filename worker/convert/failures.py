@@ -69,5 +69,51 @@ def _is_analysis_error(exc: BaseException) -> bool:
 
 
 def _summary(exc: BaseException) -> str:
+    """One line naming the real cause: Spark's error class and message, or the Java exception
+    at the root of a py4j error (whose own first line is only "An error occurred while calling
+    o500.load.")."""
+    java = _java_cause(exc)
+    if java is not None:
+        return java[:500]
+    condition = getattr(exc, "getCondition", lambda: None)()
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0][:500] if lines else type(exc).__name__
+    first = lines[0] if lines else type(exc).__name__
+    if condition and condition not in first:
+        first = f"[{condition}] {first}"
+    return first[:500]
+
+
+def _java_cause(exc: BaseException) -> str | None:
+    """``ClassName: message`` of the deepest cause of a py4j ``Py4JJavaError``, else None."""
+    try:
+        from py4j.protocol import Py4JJavaError
+    except ImportError:  # pragma: no cover - py4j ships with pyspark
+        return None
+    if not isinstance(exc, Py4JJavaError):
+        return None
+    try:
+        top = throwable = exc.java_exception
+        for _ in range(32):  # the cause chain, bounded against cycles
+            cause = throwable.getCause()
+            if cause is None:
+                break
+            throwable = cause
+        root = str(throwable.toString()).strip().splitlines()[0]
+        condition = _java_condition(top)
+        return f"[{condition}] {root}" if condition and condition not in root else root
+    except Exception:  # the JVM is gone: fall back to the text py4j printed
+        text = str(exc)
+        causes = [line.strip()[2:] for line in text.splitlines() if line.startswith(": ")]
+        return causes[-1] if causes else None
+
+
+def _java_condition(throwable: object) -> str | None:
+    """Spark's error class of a JVM exception (a ``SparkThrowable``), else None."""
+    for name in ("getCondition", "getErrorClass"):
+        try:
+            value = getattr(throwable, name)()
+        except Exception:  # not a SparkThrowable, or an older Spark
+            continue
+        if value:
+            return str(value)
+    return None

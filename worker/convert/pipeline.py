@@ -81,15 +81,18 @@ def convert_table(
     spark: SparkSession,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    source_timeout: float | None = None,
 ) -> ConversionResult:
     """Convert ``spec.source_table`` into an MDS dataset at ``spec.target``.
+
+    ``source_timeout`` bounds the time resolving the source may take (see ``resolve_source``).
 
     Raises:
         ConversionError: a ``worker.errors`` subclass; ``TransientConversionError`` is worth a
             retry, ``ConversionCancelled`` when ``cancel`` was set.
     """
     try:
-        df = resolve_source(spark, spec.source_table)
+        df = resolve_source(spark, spec.source_table, timeout=source_timeout)
     except Exception as exc:
         raise to_conversion_error(exc) from exc
     return dataframe_to_mds(
