@@ -64,6 +64,12 @@ class SharedSettings(BaseSettings):
     source_default_catalog: str = _access("source_default_catalog", "spark_catalog")
     source_default_database: str = _access("source_default_database", "default")
 
+    @field_validator("principals_file", mode="before")
+    @classmethod
+    def _no_empty_path(cls, value: object) -> object:
+        # An empty variable (compose's ${APP_PRINCIPALS_FILE:-}) means "no file", not ".".
+        return None if isinstance(value, str) and not value.strip() else value
+
     _split_lists = field_validator(
         "api_tokens", "allowed_targets", "allowed_sources", "allowed_source_paths", mode="before"
     )(_split_commas)

@@ -52,7 +52,10 @@ def test_api_and_worker_share_the_service_environment(compose: dict) -> None:
         assert env["REDIS_URL"] == "redis://redis:6379/0"
         assert env["S3_ENDPOINT_URL"] == "http://minio:9000"
         assert env["SPARK_MASTER"].startswith("${SPARK_MASTER")
-        assert "APP_API_TOKENS" in env
+        # The worker re-checks each job's grants: it needs the same access settings.
+        for name in ("APP_API_TOKENS", "APP_PRINCIPALS_FILE", "APP_ALLOWED_TARGETS",
+                     "APP_ALLOWED_SOURCES", "APP_ALLOWED_SOURCE_PATHS"):  # fmt: skip
+            assert name in env, name
     assert api["build"] == "."
     assert api["image"] == worker["image"] == "mds-convert:latest"
 
