@@ -75,8 +75,18 @@ def azurite_binary() -> str | None:
 def start_azurite(binary: str, workdir: Path) -> ServerProcess:
     """Azurite's blob service, in memory, on a free loopback port."""
     port = free_port()
-    argv = [binary, "--silent", "--inMemoryPersistence", "--blobHost", "127.0.0.1",
-            "--blobPort", str(port), "--skipApiVersionCheck", "--disableTelemetry", "--loose"]
+    argv = [
+        binary,
+        "--silent",
+        "--inMemoryPersistence",
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
+        "--skipApiVersionCheck",
+        "--disableTelemetry",
+        "--loose",
+    ]
     # No --location with --inMemoryPersistence (Azurite refuses both); run it in workdir instead,
     # so that nothing it writes lands in the repository.
     return ServerProcess(argv, port, workdir / "azurite.log", cwd=workdir)

@@ -92,8 +92,11 @@ def _valid_container(name: str) -> bool:
     if name in ("$root", "$web", "$logs"):
         return True
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-")
-    return 3 <= len(name) <= 63 and set(name) <= allowed and "--" not in name and (
-        name[0] != "-" and name[-1] != "-"
+    return (
+        3 <= len(name) <= 63
+        and set(name) <= allowed
+        and "--" not in name
+        and (name[0] != "-" and name[-1] != "-")
     )
 
 
