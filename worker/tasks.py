@@ -61,9 +61,11 @@ DiscardFn = Callable[[ConversionSpec], None]
 class RetryLater(Exception):
     """The job must run again later: another live worker holds it, or a transient failure."""
 
-    def __init__(self, delay: float, reason: str) -> None:
+    def __init__(self, delay: float, reason: str, *, transient: bool = False) -> None:
         super().__init__(delay, reason)
-        self.delay, self.reason = delay, reason
+        # Only retries of transient failures count against WORKER_MAX_RETRIES; waiting for a
+        # lease or a target, or being handed back, does not.
+        self.delay, self.reason, self.transient = delay, reason, transient
 
 
 def backoff(retries: int, cap: float) -> float:
@@ -223,6 +225,9 @@ class JobRunner:
         try:
             return self._start(job_id, retries)
         finally:
+            # Logged before either lease is released: no other run of this job, nor any run on
+            # this target, can have started yet (the storm test checks run intervals by it).
+            log.info("job.run_ended")
             self.targets.release_quietly(target, job_id)
 
     def _wait_for_target(self, record: JobRecord, holder: str) -> None:
@@ -306,7 +311,7 @@ class JobRunner:
         ):
             delay = backoff(retries, self.settings.retry_backoff_max)
             log.warning("job.retry", extra={"error": payload.message, "delay": round(delay, 2)})
-            raise RetryLater(delay, payload.message)
+            raise RetryLater(delay, payload.message, transient=True)
         return self._finish(record.id, state, started=started, payload=payload)
 
     def _hand_back(self, job_id: str) -> None:
@@ -442,17 +447,19 @@ def get_runner(task: Task) -> JobRunner:
 @shared_task(
     name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None
 )
-def run_conversion(self: Task, job_id: str) -> str | None:
-    """Convert the job's table to MDS; only the job id travels through the broker."""
+def run_conversion(self: Task, job_id: str, transient: int = 0) -> str | None:
+    """Convert the job's table to MDS; only the job id (and the count of transient retries so
+    far) travels through the broker."""
     try:
-        state = get_runner(self).run(job_id, retries=self.request.retries)
+        state = get_runner(self).run(job_id, retries=transient)
     except RetryLater as exc:
-        # max_retries=None: waiting for another worker's lease must not use up the retries,
-        # which JobRunner counts itself for transient failures.
-        raise self.retry(countdown=exc.delay, max_retries=None) from None
+        # Waiting for another worker's lease or the target must not use up the retries, which
+        # JobRunner counts itself for transient failures.
+        count = transient + int(exc.transient)
+        raise self.retry(countdown=exc.delay, kwargs={"transient": count}) from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         delay = backoff(self.request.retries, get_runner(self).settings.retry_backoff_max)
-        raise self.retry(countdown=delay, exc=exc, max_retries=None) from None
+        raise self.retry(countdown=delay, exc=exc) from None
     return None if state is None else str(state)
 
 
