@@ -1,9 +1,18 @@
-"""Benchmark: Spark DataFrame -> MDS, mosaicml-streaming's ``dataframe_to_mds`` against ours.
+"""Benchmark: Spark -> MDS, mosaicml-streaming's ``dataframe_to_mds`` against ours.
 
-The same cached DataFrame (int64, int32, a 50-150 character string, array<float> of 64 and
-200-1000 random bytes; 8 partitions) is converted by both on one local[2] session, with zstd:3,
-xxh64 and 64 MiB shards, to local directories, after both have converted a frame of a fifth of
-the size once (a warm session, as in a long-lived worker). Prints a markdown table.
+The rows are as incompressible as real training data: an int64 id, a random int32, text of
+8-30 words (about 140 characters) from a Zipf-distributed vocabulary (the entropy of prose),
+64 random float32 (an embedding) and 200-1000 random bytes (an encoded image). They are written
+once as a Parquet table of 8 files (pyarrow, row groups of 65,536 rows), then converted on one
+``local[2]`` session, with zstd:3, xxh64 and 64 MiB shards, to local directories:
+
+* the Parquet table, ``spark.read.parquet(...)``: the reference, ours (pyarrow on the executors,
+  the direct read path) and ours forced through ``mapInArrow`` (the path of every other source);
+* the same rows cached in memory (``.cache()``), as before: the reference and ours.
+
+Every converter first converts a table of a fifth of the size once (a warm session, as in a
+long-lived worker). Prints a markdown table, the compression ratio of the shards and whether
+every output is byte-identical.
 
     python bench/convert.py --rows 1000000
 """
@@ -21,6 +30,8 @@ from pathlib import Path
 COMPRESSION, HASHES, SIZE_LIMIT = "zstd:3", ["xxh64"], 1 << 26
 COLUMNS = {"id": "int64", "small": "int32", "text": "str", "emb": "ndarray:float32",
            "blob": "bytes"}
+FILES, ROW_GROUP = 8, 65_536
+_VOCABULARY_SIZE = 20_000
 
 
 def build_session(master: str):
@@ -35,20 +46,66 @@ def build_session(master: str):
     )
 
 
-def make_frame(spark, rows: int):
-    """Generated in Spark (deterministic per id), cached and materialised before timing."""
-    df = spark.range(0, rows, numPartitions=8).selectExpr(
-        "id",
-        "cast(id % 2147483647 as int) as small",
-        "substr(repeat(sha2(cast(id as string), 256), 3), 1, 50 + cast(id % 101 as int)) as text",
-        # if(...) keeps containsNull=true: the reference refuses non-nullable arrays (issue #870)
-        "transform(sequence(1, 64), i -> if(i > 0, cast(id * 0.001 + i as float), null)) as emb",
-        "substr(unhex(repeat(sha2(cast(id as string), 512), 16)), 1, 200 + cast(id % 801 as int))"
-        " as blob",
-    )
-    df = df.cache()
+def write_table(path: Path, rows: int, seed: int = 0) -> Path:
+    """The bench rows as a Parquet table of ``FILES`` files (deterministic per seed)."""
+    import pyarrow.parquet as pq
+
+    path.mkdir(parents=True, exist_ok=True)
+    bounds = [rows * i // FILES for i in range(FILES + 1)]
+    for i in range(FILES):
+        chunk = _chunk(bounds[i], bounds[i + 1] - bounds[i], seed * 1000 + i)
+        pq.write_table(chunk, path / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP)
+    return path
+
+
+def make_frame(spark, rows: int, table: Path | None = None):
+    """The bench rows cached in memory, 8 partitions: ``table`` (written if None) cached."""
+    if table is None:
+        table = write_table(Path(tempfile.mkdtemp(prefix="bench-frame-")) / "t", rows)
+    df = spark.read.parquet(str(table)).cache()
     df.count()
     return df
+
+
+def _chunk(first: int, rows: int, seed: int):
+    import numpy as np
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    emb = rng.random(rows * 64, dtype=np.float32)
+    blob_lengths = rng.integers(200, 1001, rows)
+    blobs = rng.integers(0, 256, int(blob_lengths.sum()), dtype=np.uint8)
+    return pa.table({
+        "id": pa.array(np.arange(first, first + rows, dtype=np.int64)),
+        "small": pa.array(rng.integers(-(2**31), 2**31, rows, dtype=np.int64).astype(np.int32)),
+        "text": _texts(rng, rows),
+        "emb": pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * 64),
+                                        pa.array(emb)),
+        "blob": pa.Array.from_buffers(pa.binary(), rows, [None, pa.py_buffer(
+            np.concatenate([[0], np.cumsum(blob_lengths)]).astype(np.int32)
+        ), pa.py_buffer(blobs)]),
+    })
+
+
+def _texts(rng, rows: int):
+    """Sentences of 8-30 words from a Zipf-distributed vocabulary of random lowercase words."""
+    import numpy as np
+    import pyarrow as pa
+
+    vocab_rng = np.random.default_rng(12345)  # the same vocabulary in every chunk
+    word_lengths = vocab_rng.integers(2, 11, _VOCABULARY_SIZE) + 1  # + the space after it
+    pool = vocab_rng.integers(97, 123, int(word_lengths.sum()), dtype=np.uint8)
+    pool[np.cumsum(word_lengths) - 1] = 32
+    starts = np.concatenate([[0], np.cumsum(word_lengths)[:-1]])
+    counts = rng.integers(8, 31, rows)
+    picks = np.minimum(rng.zipf(1.3, int(counts.sum())) - 1, _VOCABULARY_SIZE - 1)
+    lengths = word_lengths[picks]
+    ends = np.cumsum(lengths)
+    index = np.repeat(starts[picks] - (ends - lengths), lengths) + np.arange(int(ends[-1]))
+    row_ends = ends[np.cumsum(counts) - 1]
+    offsets = np.concatenate([[0], row_ends]).astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets),
+                                                     pa.py_buffer(pool[index])])
 
 
 def dir_bytes(path: Path) -> tuple[int, int]:
@@ -75,11 +132,16 @@ def run_reference(df, out: Path) -> None:
     })
 
 
-def run_ours(df, out: Path) -> None:
+def run_ours(df, out: Path, read_path: str = "auto") -> str:
     from worker.convert.pipeline import dataframe_to_mds
 
-    dataframe_to_mds(df, str(out), compression=COMPRESSION, hashes=tuple(HASHES),
-                     size_limit=SIZE_LIMIT)
+    result = dataframe_to_mds(df, str(out), compression=COMPRESSION, hashes=tuple(HASHES),
+                              size_limit=SIZE_LIMIT, read_path=read_path)  # type: ignore[arg-type]
+    return result.read_path or ""
+
+
+def run_ours_spark_path(df, out: Path) -> str:
+    return run_ours(df, out, read_path="spark")
 
 
 def tree_cpu_seconds() -> float:
@@ -107,14 +169,41 @@ def tree_cpu_seconds() -> float:
     return sum(ticks.get(pid, 0) for pid in mine) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(name: str, fn, df, rows: int, root: Path) -> dict[str, object]:
-    out = root / name
+def timed(case: str, name: str, fn, df, rows: int, out: Path) -> dict[str, object]:
     cpu, start = tree_cpu_seconds(), time.perf_counter()
-    fn(df, out)
+    path = fn(df, out)
     seconds, cpu = time.perf_counter() - start, tree_cpu_seconds() - cpu
     raw, stored = dir_bytes(out)
-    return {"name": name, "seconds": seconds, "rows_s": rows / seconds, "cpu": cpu,
-            "raw_mb_s": raw / seconds / 1e6, "stored_mb": stored / 1e6}
+    return {"case": case, "name": name, "path": path or "", "seconds": seconds,
+            "rows_s": rows / seconds, "cpu": cpu, "raw": raw, "stored": stored, "out": out}
+
+
+def _runners(skip_reference: bool) -> list[tuple[str, str, object]]:
+    runners = [
+        ("parquet", "mosaicml-streaming", run_reference),
+        ("parquet", "mds-convert", run_ours),
+        ("parquet", "mds-convert, mapInArrow", run_ours_spark_path),
+        ("cached", "mosaicml-streaming", run_reference),
+        ("cached", "mds-convert", run_ours),
+    ]
+    return [r for r in runners if not (skip_reference and r[1] == "mosaicml-streaming")]
+
+
+def _print(results: list[dict], rows: int, master: str) -> None:
+    print(f"\n{rows:,} rows, {master}, {COMPRESSION}, xxh64, 64 MiB shards\n")
+    print("| source | converter | read path | seconds | rows/s | CPU s | speed-up | "
+          "CPU speed-up |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        base = next((b for b in results if b["case"] == r["case"]
+                     and b["name"] == "mosaicml-streaming"), None)
+        speed = f"{base['seconds'] / r['seconds']:.2f}x" if base else "n/a"
+        cpu = f"{base['cpu'] / r['cpu']:.2f}x" if base and r["cpu"] else "n/a"
+        print(f"| {r['case']} | {r['name']} | {r['path'] or '-'} | {r['seconds']:.1f} | "
+              f"{r['rows_s']:,.0f} | {r['cpu']:.1f} | {speed} | {cpu} |")
+    raw, stored = results[-1]["raw"], results[-1]["stored"]
+    print(f"\nshards: {raw / 1e6:.0f} MB raw, {stored / 1e6:.0f} MB stored "
+          f"(compression ratio {raw / stored:.2f})")
 
 
 def main() -> None:
@@ -125,37 +214,29 @@ def main() -> None:
     args = parser.parse_args()
     spark = build_session(args.master)
     spark.sparkContext.setLogLevel("ERROR")
-    df = make_frame(spark, args.rows)
     root = Path(tempfile.mkdtemp(prefix="bench-convert-"))
-    runners = [("mds-convert", run_ours)]
-    if not args.skip_reference:
-        runners.insert(0, ("mosaicml-streaming", run_reference))
+    runners = _runners(args.skip_reference)
     try:
-        # Warm up both on a smaller frame of the same shape: Python workers start and import
-        # their modules once, and the JVM compiles the scan, transfer and aggregation code, as
-        # in a long-lived worker process. Without it the first timed run pays ~1 s of that.
-        warm = make_frame(spark, max(args.rows // 5, 10_000))
-        for name, fn in runners:
-            fn(warm, root / f"warm-{name}")
-        warm.unpersist()
-        results = [timed(name, fn, df, args.rows, root) for name, fn in runners]
-        identical = len(runners) == 2 and _digests(root / runners[0][0]) == _digests(
-            root / runners[1][0]
-        )
+        warm_rows = max(args.rows // 5, 10_000)
+        table = write_table(root / "table", args.rows)
+        inputs = {"parquet": spark.read.parquet(str(table)),
+                  "cached": make_frame(spark, args.rows, table)}
+        warm_table = write_table(root / "warm", warm_rows, seed=1)
+        warm = {"parquet": spark.read.parquet(str(warm_table)),
+                "cached": make_frame(spark, warm_rows, warm_table)}
+        for case, name, fn in runners:
+            fn(warm[case], root / f"warm-{case}-{name}")
+        warm["cached"].unpersist()
+        results = [
+            timed(case, name, fn, inputs[case], args.rows, root / f"{case}-{name}")
+            for case, name, fn in runners
+        ]
+        digests = {tuple(_digests(r["out"])) for r in results}
     finally:
         shutil.rmtree(root, ignore_errors=True)
         spark.stop()
-    print(f"\n{args.rows:,} rows, {args.master}, {COMPRESSION}, xxh64, 64 MiB shards\n")
-    print("| converter | seconds | rows/s | raw MB/s | stored MB | speed-up | CPU s | "
-          "CPU speed-up |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    base, base_cpu = results[0]["seconds"], results[0]["cpu"]
-    for r in results:
-        cpu_ratio = f"{base_cpu / r['cpu']:.2f}x" if r["cpu"] else "n/a"
-        print(f"| {r['name']} | {r['seconds']:.1f} | {r['rows_s']:,.0f} | {r['raw_mb_s']:.1f} | "
-              f"{r['stored_mb']:.1f} | {base / r['seconds']:.2f}x | {r['cpu']:.1f} | {cpu_ratio} |")
-    if len(results) == 2:
-        print(f"\nshards byte-identical to the reference's: {'yes' if identical else 'no'}")
+    _print(results, args.rows, args.master)
+    print(f"every output byte-identical: {'yes' if len(digests) == 1 else 'no'}")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,11 @@ class ProgressChannel:
 
     def close(self) -> None:
         self._closed.set()
+        try:  # wakes the receiving thread at once instead of at its next timeout
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as waker:
+                waker.sendto(b"", self.address)
+        except OSError:
+            pass
         self._thread.join(timeout=2)
         self._sock.close()
 
