@@ -95,6 +95,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     params: dict[str, Any] = {"limit": args.limit}
     if args.state:
         params["state"] = args.state
+    if args.principal:
+        params["principal"] = args.principal
     page = _call(args, "GET", "/v1/jobs", params=params)
     if args.json:
         _print(page)
@@ -321,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(listing)
     listing.add_argument("--state")
     listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--principal", help="admin only: that principal's jobs")
     listing.set_defaults(func=cmd_list)
 
     serve = sub.add_parser("serve", help="run the API (uvicorn)")
