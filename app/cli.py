@@ -220,8 +220,15 @@ def cmd_mint_token(args: argparse.Namespace) -> int:
     import secrets
 
     import yaml
+    from pydantic import ValidationError
 
-    from worker.access.principals import PrincipalEntry, token_digest
+    from worker.access.principals import (
+        AccessConfigError,
+        PrincipalEntry,
+        principal_from_entry,
+        token_digest,
+    )
+    from worker.access.sources import CatalogDefaults
 
     token = secrets.token_urlsafe(32)
     entry = {
@@ -234,7 +241,11 @@ def cmd_mint_token(args: argparse.Namespace) -> int:
     }
     if args.max_active_jobs is not None:
         entry["max_active_jobs"] = args.max_active_jobs
-    PrincipalEntry.model_validate(entry)  # refuse what the service would refuse to load
+    try:  # refuse what the service would refuse to load
+        principal_from_entry(PrincipalEntry.model_validate(entry), CatalogDefaults(), "entry")
+    except (ValidationError, AccessConfigError) as exc:
+        print(f"mint-token: {exc}", file=sys.stderr)
+        return 2
     print(f"token (shown once; hand it to {args.name!r} through a secret store):", file=sys.stderr)
     print(token)
     print("add to the principals file (APP_PRINCIPALS_FILE) under 'principals:':", file=sys.stderr)

@@ -236,3 +236,33 @@ def test_legacy_tokens_are_all_powerful_with_the_global_lists(tmp_path: Path) ->
     assert principal.sources.authorise("any.table") == "any.table"
     assert principal.sources.authorise(f"csv.`{tmp_path}`")
     assert str(principal.authorise_target("s3://datasets/x")) == "s3://datasets/x"
+
+
+def test_mint_token_prints_a_token_and_an_entry_that_loads(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from app.cli import main
+
+    argv = ["mint-token", "--name", "etl", "--source", "sales.*", "--target", "s3://data/etl/"]
+    assert main(argv) == 0
+    token, *entry = capsys.readouterr().out.splitlines()
+    document = {"principals": yaml.safe_load("\n".join(entry))}
+    assert token not in "\n".join(entry)  # only its digest is written down
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(document))
+    registry = build_registry(WorkerSettings(principals_file=tmp_path / "p.yaml"))
+    principal = registry.authenticate(token)
+    assert principal is not None and principal.name == "etl" and not principal.is_admin
+    assert principal.has(Scope.SUBMIT) and principal.sources.authorise("sales.x")
+    # hash-token gives the digest of an existing token, for migrating APP_API_TOKENS.
+    import io
+    import sys
+
+    sys.stdin, stdin = io.StringIO(token + "\n"), sys.stdin
+    try:
+        assert main(["hash-token"]) == 0
+    finally:
+        sys.stdin = stdin
+    assert capsys.readouterr().out.strip() == token_digest(token)
+    for bad in (["--name", "bad:name"], ["--name", "ok", "--target", "s3://d/x"]):
+        assert main(["mint-token", *bad]) == 2
+        assert "mint-token:" in capsys.readouterr().err

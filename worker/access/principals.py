@@ -182,17 +182,22 @@ def load_principals_file(path: Path, defaults: CatalogDefaults) -> list[Principa
             raise AccessConfigError(f"{where}: a token digest is listed twice")
         seen_names.add(entry.name)
         seen_digests.update(digests)
-        principals.append(
-            Principal(
-                name=entry.name,
-                scopes=frozenset(entry.scopes),
-                sources=_sources(entry.sources, entry.source_paths, defaults, where),
-                targets=_parse_targets(entry.targets, where),
-                max_active_jobs=entry.max_active_jobs,
-                digests=digests,
-            )
-        )
+        principals.append(principal_from_entry(entry, defaults, where))
     return principals
+
+
+def principal_from_entry(entry: PrincipalEntry, defaults: CatalogDefaults, where: str) -> Principal:
+    """The principal of one file entry; AccessConfigError (prefixed with ``where``) if a source
+    pattern, source root or target is invalid."""
+    digests = tuple(d if d.startswith("sha256:") else "sha256:" + d for d in entry.tokens)
+    return Principal(
+        name=entry.name,
+        scopes=frozenset(entry.scopes),
+        sources=_sources(entry.sources, entry.source_paths, defaults, where),
+        targets=_parse_targets(entry.targets, where),
+        max_active_jobs=entry.max_active_jobs,
+        digests=digests,
+    )
 
 
 def _validation_summary(exc: ValidationError) -> str:
