@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ from emulators import (
     AZURITE_ACCOUNT,
     AZURITE_KEY,
     TokenServer,
+    azurite_connection_string,
     azurite_origin,
     write_service_account,
 )
 
 from mdsloader.dataloader import StreamingDataLoader
 from mdsloader.dataset import StreamingDataset
+from mdsloader.errors import StorageUnavailableError
 from mdsloader.mds.writer import MDSWriter
 from mdsloader.storage import open_storage
 
@@ -162,3 +165,59 @@ def test_a_conversion_job_publishes_to_each_remote(
         assert [{"id": int(s["id"]), "text": s["text"]} for s in ds] == expected
     hosted = f"{azure_remote.reference_reads}/converted"
     assert read_reference(reference, hosted, tmp_path / "ref-azure") == expected
+
+
+# -- faults, seen from the dataset: within download_retry / download_timeout ---------------------
+
+
+@pytest.fixture(params=["gcs", "azure"])
+def point_at(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], str]:
+    """Points the backend's environment at an endpoint; returns a dataset URL there."""
+    if request.param == "gcs":
+        for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GCS_KEY", "GCS_SECRET"):
+            monkeypatch.delenv(name, raising=False)
+
+        def gcs(endpoint: str) -> str:
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", endpoint)
+            return "gs://bucket/ds"
+
+        return gcs
+
+    def azure(endpoint: str) -> str:
+        port = int(endpoint.rsplit(":", 1)[1])
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(port))
+        return "azure://container/ds"
+
+    return azure
+
+
+def test_an_absent_server_fails_the_dataset_within_its_retries(
+    point_at: Callable[[str], str], closed_port_endpoint: str, tmp_path: Path
+) -> None:
+    url = point_at(closed_port_endpoint)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match="after 3 attempts"):
+        StreamingDataset(remote=url, local=str(tmp_path / "c"), batch_size=1,
+                         download_retry=2, download_timeout=2)  # fmt: skip
+    assert time.monotonic() - started < 15  # backoff of at most 0.25 + 0.5 s, not minutes
+
+
+def test_a_silent_server_fails_the_dataset_within_its_timeout(
+    point_at: Callable[[str], str], stalled_endpoint: str, tmp_path: Path
+) -> None:
+    url = point_at(stalled_endpoint)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
+        StreamingDataset(remote=url, local=str(tmp_path / "c"), batch_size=1,
+                         download_retry=1, download_timeout=1)  # fmt: skip
+    assert 1.9 < time.monotonic() - started < 15
+
+
+def test_a_missing_dataset_is_not_found(remote: Remote, tmp_path: Path) -> None:
+    # FileNotFoundError, the reference's type (our ObjectNotFoundError is one). Stream.fetch_index
+    # currently re-raises its local miss rather than the remote's error (reported to the lead).
+    with pytest.raises(FileNotFoundError, match=r"index\.json"):
+        StreamingDataset(remote=f"{remote.ours}/nothing-here", local=str(tmp_path / "c"),
+                         batch_size=1, download_retry=3)  # fmt: skip

@@ -217,3 +217,15 @@ def test_missing_sdk_names_the_azure_extra(monkeypatch: pytest.MonkeyPatch) -> N
 def test_other_reference_schemes_name_the_supported_ones(url: str) -> None:
     with pytest.raises(ValueError, match=r"s3://bucket/prefix, gs://bucket/prefix and azure://"):
         open_storage(url)
+
+
+def test_importing_the_storage_package_pulls_no_cloud_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mdsloader.storage as s; s.open_storage; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('google', 'azure', 'boto3')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

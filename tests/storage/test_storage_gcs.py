@@ -4,6 +4,7 @@ server) within the configured retries and timeout, and the GCS_KEY/GCS_SECRET HM
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,14 @@ from mdsloader.errors import (
     ObjectNotFoundError,
     StorageUnavailableError,
 )
-from mdsloader.storage import GCSHmacStorage, GCSOptions, GCSStorage, open_storage
+from mdsloader.storage import (
+    GCSHmacStorage,
+    GCSOptions,
+    GCSStorage,
+    S3Storage,
+    Storage,
+    open_storage,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -170,10 +178,15 @@ def test_hmac_route_round_trips_through_an_s3_api(s3_endpoint: str, s3_bucket: s
     # GCS's XML API speaks S3; the loopback S3 server stands in for storage.googleapis.com.
     options = fast_options(s3_endpoint, access_key_id="testing", secret_access_key="testing")
     storage = GCSHmacStorage(s3_bucket.removeprefix("s3://"), "ds", options=options)
+    assert isinstance(storage, Storage) and not isinstance(storage, S3Storage)
     storage.write_bytes("index.json", b"{}")
     sub = storage.sub("x")
-    assert isinstance(sub, GCSHmacStorage) and sub.url.startswith("gs://")
-    assert storage.list() == ["index.json"] and storage.read_bytes("index.json") == b"{}"
+    sub.write_bytes("a.bin", b"aa")
+    assert isinstance(sub, GCSHmacStorage) and sub.child_url("a.bin") == f"{storage.url}/x/a.bin"
+    assert storage.list() == ["index.json", "x/a.bin"] and storage.read_bytes("index.json") == b"{}"
+    assert pickle.loads(pickle.dumps(storage)) == storage
+    with pytest.raises(ObjectNotFoundError, match=r"gone\.bin"):
+        storage.read_bytes("gone.bin")
 
 
 def test_missing_sdk_names_the_gcs_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -337,15 +337,23 @@ class GCSStorage:
         )
 
 
-class GCSHmacStorage(S3Storage):
-    """``gs://bucket/prefix`` through GCS's S3-compatible API with HMAC keys (``GCS_KEY``).
+class GCSHmacStorage:
+    """``gs://bucket/prefix`` through GCS's S3-compatible XML API with HMAC keys (``GCS_KEY``).
 
-    The reference's second route: boto3 against ``https://storage.googleapis.com``. It has all of
-    :class:`~mdsloader.storage.s3.S3Storage` (multipart, ranged GETs, retries) and names its
-    objects ``gs://``.
+    The reference's second route: boto3 against ``https://storage.googleapis.com``. It wraps an
+    :class:`~mdsloader.storage.s3.S3Storage` (multipart, ranged GETs, retries, pickling) rather
+    than subclassing it, so that nothing mistakes it for S3: GCS ignores S3's conditional-write
+    headers, so code that would rely on them must not see an ``S3Storage`` here.
+
+    Args:
+        bucket: The bucket name.
+        prefix: The object-name prefix every relpath is joined to.
+        options: S3 settings; default :meth:`options_from_env`.
     """
 
-    scheme = "gs"
+    def __init__(self, bucket: str, prefix: str = "", *, options: S3Options | None = None) -> None:
+        """Root the storage at ``gs://bucket/prefix`` (see the class docstring)."""
+        self._s3 = S3Storage(bucket, prefix, options=options or self.options_from_env())
 
     @staticmethod
     def options_from_env(**overrides: Any) -> S3Options:
@@ -357,6 +365,82 @@ class GCSHmacStorage(S3Storage):
             secret_access_key=os.environ.get("GCS_SECRET"),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def options(self) -> S3Options:
+        """The S3 settings (endpoint, keys, retries)."""
+        return self._s3.options
+
+    @property
+    def url(self) -> str:
+        """``gs://bucket/prefix``."""
+        return "gs://" + self._s3.url.split("://", 1)[1]
+
+    def __repr__(self) -> str:
+        """``GCSHmacStorage('gs://bucket/prefix', endpoint_url=...)``."""
+        return f"GCSHmacStorage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the wrapped S3 storages are."""
+        return isinstance(other, GCSHmacStorage) and other._s3 == self._s3
+
+    def __hash__(self) -> int:
+        """Hash consistent with ``==``."""
+        return hash(("gs-hmac", self._s3))
+
+    def child_url(self, relpath: str) -> str:
+        """``gs://bucket/prefix/relpath``."""
+        return "gs://" + self._s3.child_url(relpath).split("://", 1)[1]
+
+    def sub(self, relpath: str) -> GCSHmacStorage:
+        """A storage rooted at ``prefix/relpath`` that shares this one's client."""
+        child = GCSHmacStorage.__new__(GCSHmacStorage)
+        child._s3 = self._s3.sub(relpath)
+        return child
+
+    def read_bytes(self, relpath: str) -> bytes:
+        """See :meth:`S3Storage.read_bytes`."""
+        return self._s3.read_bytes(relpath)
+
+    def read_range(self, relpath: str, start: int, end: int) -> bytes:
+        """See :meth:`S3Storage.read_range`."""
+        return self._s3.read_range(relpath, start, end)
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """See :meth:`S3Storage.write_bytes`."""
+        self._s3.write_bytes(relpath, data)
+
+    def upload_file(self, local_path: str, relpath: str) -> None:
+        """See :meth:`S3Storage.upload_file`."""
+        self._s3.upload_file(local_path, relpath)
+
+    def download_file(self, relpath: str, local_path: str) -> None:
+        """See :meth:`S3Storage.download_file`."""
+        self._s3.download_file(relpath, local_path)
+
+    def stream_to(self, relpath: str, sink: ByteSink, *, chunk_size: int = STREAM_CHUNK) -> int:
+        """See :meth:`S3Storage.stream_to`."""
+        return self._s3.stream_to(relpath, sink, chunk_size=chunk_size)
+
+    def exists(self, relpath: str) -> bool:
+        """See :meth:`S3Storage.exists`."""
+        return self._s3.exists(relpath)
+
+    def size(self, relpath: str) -> int:
+        """See :meth:`S3Storage.size`."""
+        return self._s3.size(relpath)
+
+    def list(self, prefix: str = "") -> list[str]:
+        """See :meth:`S3Storage.list`."""
+        return self._s3.list(prefix)
+
+    def delete(self, relpath: str) -> None:
+        """See :meth:`S3Storage.delete`."""
+        self._s3.delete(relpath)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """See :meth:`S3Storage.delete_prefix`."""
+        return self._s3.delete_prefix(prefix)
 
 
 def hmac_keys_in_env() -> bool:

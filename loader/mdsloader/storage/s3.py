@@ -16,7 +16,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from mdsloader.errors import (
     AccessDeniedError,
@@ -141,9 +141,6 @@ class S3Storage:
         MissingExtraError: If boto3 is not installed (the ``s3`` extra).
     """
 
-    # The URL scheme of url/child_url: a subclass serves GCS through its S3-compatible API.
-    scheme: ClassVar[str] = "s3"
-
     def __init__(self, bucket: str, prefix: str = "", *, options: S3Options | None = None) -> None:
         """Root the storage at ``s3://bucket/prefix`` (see the class docstring)."""
         if importlib.util.find_spec("boto3") is None:
@@ -158,16 +155,15 @@ class S3Storage:
     @property
     def url(self) -> str:
         """``s3://bucket/prefix`` (``s3://bucket`` at the bucket root)."""
-        return f"{self.scheme}://{join_relpath(self.bucket, self.prefix)}"
+        return f"s3://{join_relpath(self.bucket, self.prefix)}"
 
     def __repr__(self) -> str:
         """``S3Storage('s3://bucket/prefix', endpoint_url=...)``."""
-        name = type(self).__name__
-        return f"{name}({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
+        return f"S3Storage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
 
     def __eq__(self, other: object) -> bool:
         """Storages are equal when bucket, prefix and options are."""
-        if not isinstance(other, S3Storage) or type(other) is not type(self):
+        if not isinstance(other, S3Storage):
             return NotImplemented
         return (self.bucket, self.prefix, self.options) == (
             other.bucket,
@@ -177,7 +173,7 @@ class S3Storage:
 
     def __hash__(self) -> int:
         """Hash consistent with ``==``."""
-        return hash((self.scheme, self.bucket, self.prefix, self.options))
+        return hash(("s3", self.bucket, self.prefix, self.options))
 
     def __getstate__(self) -> dict[str, object]:
         """Pickle the settings only: the client is rebuilt on first use after unpickling."""
@@ -193,7 +189,7 @@ class S3Storage:
 
     def child_url(self, relpath: str) -> str:
         """``s3://bucket/prefix/relpath``."""
-        return f"{self.scheme}://{self.bucket}/{self._key(relpath)}"
+        return f"s3://{self.bucket}/{self._key(relpath)}"
 
     def read_bytes(self, relpath: str) -> bytes:
         """The whole object (one GET)."""
@@ -323,7 +319,7 @@ class S3Storage:
 
     def sub(self, relpath: str) -> S3Storage:
         """A storage rooted at ``prefix/relpath`` that shares this one's client."""
-        child = type(self)(self.bucket, self._key(relpath), options=self.options)
+        child = S3Storage(self.bucket, self._key(relpath), options=self.options)
         child._clients = self._clients
         return child
 
