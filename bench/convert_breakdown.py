@@ -1,14 +1,18 @@
 """Where a conversion's CPU goes: the floor that any exact Spark -> MDS converter pays here.
 
-On the bench/convert.py frame (cached, 8 partitions, local[2]) it measures, as JVM and Python-worker
-CPU seconds read from /proc (best of ``--repeat``):
+On the bench/convert.py rows (local[2]) it measures, as JVM and Python-worker CPU seconds read
+from /proc (best of ``--repeat``):
 
-* Spark's cached-row -> Arrow transfer into Python workers that do nothing with the batches;
-* the null check that must pass before any shard is written (``worker.convert.nulls``);
-* our whole conversion (``dataframe_to_mds``), including its own null check;
+* Spark's cached-row -> Arrow transfer into Python workers that do nothing with the batches (the
+  cached frame's floor: ``mapInArrow``);
+* pyarrow reading the Parquet table's files in Python workers that do nothing with the batches
+  (the Parquet table's floor: the direct read path);
+* the separate Spark null-count scan that conversions ran before issue 13 (now nulls are counted
+  while encoding, so it is no longer paid);
+* our whole conversion (``dataframe_to_mds``) of the cached frame and of the Parquet table;
 
 then the CPU of zstd level 3 (multi-threaded mode, as the reference's python-zstd) and xxh64 over
-the raw shards that conversion produced. Transfer, null check and compression summed are the floor.
+the raw shards that conversion produced. Read plus compression summed is the floor.
 
     python bench/convert_breakdown.py --rows 1000000
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from convert import build_session, make_frame  # bench/convert.py
+from convert import build_session, make_frame, write_table  # bench/convert.py
 
 
 def cpu_by_kind() -> dict[str, float]:
@@ -68,6 +72,12 @@ def _discard(batches: Iterator) -> Iterator:
     yield pa.RecordBatch.from_pydict({"n": [rows]})
 
 
+def _read(path: str) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(batch.num_rows for batch in pq.ParquetFile(path).iter_batches(batch_size=65536))
+
+
 def compression_cpu(dataset: Path) -> tuple[int, float, float]:
     """(raw bytes, zstd:3 CPU s, xxh64 CPU s) over the dataset's shards."""
     import xxhash
@@ -100,22 +110,32 @@ def main() -> None:
 
     spark = build_session("local[2]")
     spark.sparkContext.setLogLevel("ERROR")
-    df = make_frame(spark, args.rows)
+    root = Path(tempfile.mkdtemp(prefix="bench-breakdown-"))
+    table_path = write_table(root / "table", args.rows)
+    df = make_frame(spark, args.rows, table_path)
+    table = spark.read.parquet(str(table_path))
+    files = sorted(str(p) for p in table_path.glob("*.parquet"))
     plans = plan_columns(df.schema, None)
     projected = df.select(*projection(plans))
-    root = Path(tempfile.mkdtemp(prefix="bench-breakdown-"))
     runs = iter(range(1_000_000))
 
-    def convert() -> None:
-        dataframe_to_mds(df, str(root / f"run{next(runs)}"), compression="zstd:3",
+    def convert(source) -> None:
+        dataframe_to_mds(source, str(root / f"run{next(runs)}"), compression="zstd:3",
                          hashes=("xxh64",), size_limit=1 << 26)
 
     try:
         rows = [
-            ("Arrow transfer to idle Python workers", measure(
+            ("Arrow transfer of the cached frame to idle Python workers", measure(
                 lambda: projected.mapInArrow(_discard, "n long").collect(), args.repeat)),
-            ("null check", measure(lambda: count_nulls(df, plans), args.repeat)),
-            ("whole conversion (ours)", measure(convert, args.repeat)),
+            ("pyarrow read of the Parquet files in Python workers", measure(
+                lambda: spark.sparkContext.parallelize(files, len(files)).map(_read).collect(),
+                args.repeat)),
+            ("Spark null-count scan (no longer run)", measure(
+                lambda: count_nulls(df, plans), args.repeat)),
+            ("whole conversion of the cached frame (ours)", measure(
+                lambda: convert(df), args.repeat)),
+            ("whole conversion of the Parquet table (ours, direct)", measure(
+                lambda: convert(table), args.repeat)),
         ]
         raw, zstd_cpu, hash_cpu = compression_cpu(root / "run0")
     finally:
@@ -128,10 +148,11 @@ def main() -> None:
         print(f"| {name} | {wall:.2f} | {java:.2f} | {python:.2f} |")
     print(f"\nzstd:3 over {raw / 1e6:.0f} MB of shards: {zstd_cpu:.2f} CPU s; "
           f"xxh64: {hash_cpu:.2f} CPU s")
-    (_, (_, t_java, t_py)), (_, (_, n_java, _)) = rows[0], rows[1]
-    floor = t_java + t_py + n_java + zstd_cpu
-    print(f"floor (transfer + null check + zstd): {floor:.1f} CPU s = {floor / 2:.2f} s on 2 cores")
-
+    (_, (_, t_java, t_py)), (_, (_, r_java, r_py)) = rows[0], rows[1]
+    for name, read in (("cached frame", t_java + t_py), ("Parquet table", r_java + r_py)):
+        floor = read + zstd_cpu
+        print(f"floor of the {name} (read + zstd): {floor:.1f} CPU s = {floor / 2:.2f} s "
+              "on 2 cores")
 
 if __name__ == "__main__":
     main()
