@@ -13,9 +13,10 @@ from app.auth import BearerAuthMiddleware, BodyLimitMiddleware
 from app.errors import install_error_handlers
 from app.openapi import install_openapi
 from app.outbox import OutboxSweeper
-from app.routes import health, jobs
+from app.routes import datasets, health, jobs, whoami
 from app.service import TASK_NAME, Admission, Enqueuer, JobService
 from app.settings import AppSettings, get_app_settings
+from app.ui import install_console
 from worker.access.principals import build_registry
 from worker.celery_app import make_celery
 from worker.jobs import RedisJobStore
@@ -83,9 +84,12 @@ def create_app(settings: AppSettings | None = None, *, enqueue: Enqueuer | None 
     app.state.registry = registry
     app.state.principals = principals
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
+    app.include_router(whoami.router)
     app.include_router(health.router)
     install_error_handlers(app)
     install_openapi(app)
+    install_console(app)  # /ui: pages and static files, with their security headers
     # The last added runs first: authentication, then the body limit, then FastAPI.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(BearerAuthMiddleware, registry=principals)
