@@ -65,12 +65,30 @@ def reference(data, method: str, weights: str = "proportion", **extra):
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def oracle(data):
+    """The reference dataset of a weighting, for its ``generate_work`` only; built once.
+
+    Each reference dataset keeps its shared-memory handles open until the process exits, and
+    every new one opens more for those before it, so the tests share these.
+    """
+    built = {}
+
+    def get(method: str, weights: str = "proportion"):
+        if weights not in built:
+            built[weights] = reference(data, "random", weights)
+        built[weights].batching_method = method
+        return built[weights]
+
+    return get
+
+
 @pytest.mark.parametrize("weights", sorted(WEIGHTS))
 @pytest.mark.parametrize("method", METHODS)
 def test_every_worker_of_a_dataset_yields_the_reference_order(
-    data, clean_reference_shm, method, weights
+    data, oracle, method, weights
 ):
-    ref = reference(data, method, weights)
+    ref = oracle(method, weights)
     for nodes, ranks_per_node, workers in [(1, 3, 2), (2, 2, 1), (4, 1, 3)]:
         ds = ours(data, method, weights)
         ds._adopt(None, World(num_nodes=nodes, ranks_per_node=ranks_per_node))
@@ -113,9 +131,9 @@ def _epochs(loader, count: int) -> list[list[list[int]]]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_loader_with_workers_yields_the_reference_rank_order(data, clean_reference_shm, method):
+def test_a_loader_with_workers_yields_the_reference_rank_order(data, oracle, method):
     got = _epochs(_loader(data, method, 2), 2)
-    ref = reference(data, method)
+    ref = oracle(method)
     for epoch in (0, 1):
         work = reference_work(ref, nodes=1, ranks_per_node=1, workers=2, epoch=epoch,
                               num_canonical_nodes=4)
@@ -177,7 +195,7 @@ def _run_rank(queue, rank, data, env, workers) -> None:  # pragma: no cover - in
     queue.put((rank, out))
 
 
-def test_ranks_in_separate_processes_yield_the_reference_order(data, clean_reference_shm):
+def test_ranks_in_separate_processes_yield_the_reference_order(data, oracle):
     """2 nodes x 2 ranks from RANK/WORLD_SIZE/LOCAL_* (one process each, one with workers)."""
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -193,16 +211,15 @@ def test_ranks_in_separate_processes_yield_the_reference_order(data, clean_refer
         proc.join(30)
         assert proc.exitcode == 0
     for method in METHODS:
-        work = reference_work(reference(data, method), nodes=2, ranks_per_node=2, workers=2,
+        work = reference_work(oracle(method), nodes=2, ranks_per_node=2, workers=2,
                               epoch=0, num_canonical_nodes=4)
         for rank in range(4):
             assert results[rank][method] == sample_ids(rank_ids(work, rank)), (method, rank)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_replicated_ranks_share_batches_like_the_reference(data, clean_reference_shm, monkeypatch,
-                                                          method):
-    ref = reference(data, method)
+def test_replicated_ranks_share_batches_like_the_reference(data, oracle, monkeypatch, method):
+    ref = oracle(method)
     with monkeypatch.context() as env:  # restored before the reference's shm clean-up runs
         env.setenv("WORLD_SIZE", "4")
         env.setenv("LOCAL_WORLD_SIZE", "4")

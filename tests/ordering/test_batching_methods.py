@@ -57,19 +57,32 @@ def stream_dirs(reference, tmp_path_factory) -> list[Path]:
     return [root / name for name in "abc"]
 
 
-def make_reference(stream_dirs, tmp_path_factory, config: str):
-    """A reference dataset over private copies of the streams (it locks its directories)."""
+@pytest.fixture(scope="module")
+def references(stream_dirs, tmp_path_factory):
+    """One reference dataset per weighting, built on first use and shared by the tests.
+
+    Only its ``generate_work`` is used, with every setting assigned before each call. Sharing
+    matters: each reference dataset keeps its shared-memory handles open until the process
+    exits (atexit), and every new one opens more for those before it.
+    """
     from streaming import Stream, StreamingDataset
 
-    logging.getLogger("streaming").setLevel(logging.ERROR)
-    weights, epoch_size = CONFIGS[config]
-    root = tmp_path_factory.mktemp(config)
-    streams = []
-    for source, weight in zip(stream_dirs, weights):
-        shutil.copytree(source, root / source.name)
-        streams.append(Stream(local=str(root / source.name), **weight))
-    return StreamingDataset(streams=streams, epoch_size=epoch_size, shuffle_seed=SEED,
-                            batch_size=1)
+    built = {}
+
+    def get(config: str):
+        if config not in built:
+            logging.getLogger("streaming").setLevel(logging.ERROR)
+            weights, epoch_size = CONFIGS[config]
+            root = tmp_path_factory.mktemp(config)
+            streams = []
+            for source, weight in zip(stream_dirs, weights):
+                shutil.copytree(source, root / source.name)  # it locks its directories
+                streams.append(Stream(local=str(root / source.name), **weight))
+            built[config] = StreamingDataset(streams=streams, epoch_size=epoch_size,
+                                             shuffle_seed=SEED, batch_size=1)
+        return built[config]
+
+    return get
 
 
 def reference_epoch(ds, settings: OrderSettings, nodes: int, ranks: int, workers: int, *,
@@ -140,10 +153,9 @@ def assert_every_worker_matches(ds, specs, choose, settings, nodes, ranks, worke
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
 @pytest.mark.parametrize("method", METHODS)
-def test_every_worker_matches_the_reference(stream_dirs, tmp_path_factory, caplog, method,
-                                            config):
+def test_every_worker_matches_the_reference(references, caplog, method, config):
     caplog.set_level(logging.ERROR)
-    ds = make_reference(stream_dirs, tmp_path_factory, config)
+    ds = references(config)
     specs = our_streams(ds)
     choose = resolve_stream_choose(specs, CONFIGS[config][1], SEED)
     assert np.array_equal(stream_proportions(specs, choose),
@@ -159,9 +171,9 @@ def test_every_worker_matches_the_reference(stream_dirs, tmp_path_factory, caplo
     assert produced >= 10  # most cases are epochs, not errors
 
 
-def test_per_stream_relaxed_resumption_on_a_new_node_count(stream_dirs, tmp_path_factory):
+def test_per_stream_relaxed_resumption_on_a_new_node_count(references):
     """``per_stream`` partitions each stream over the physical nodes, so ``relaxed`` re-cuts."""
-    ds = make_reference(stream_dirs, tmp_path_factory, "proportion")
+    ds = references("proportion")
     specs = our_streams(ds)
     choose = resolve_stream_choose(specs, 300, SEED)
     settings = OrderSettings(True, "py1e", SEED, 60, "relaxed", 4, 2, "balanced", 1,
@@ -181,11 +193,10 @@ def _settings(method: str, **changes) -> OrderSettings:
     return dataclasses.replace(base, **changes)
 
 
-def test_kept_resumption_restarts_the_unfinished_global_batch(stream_dirs, tmp_path_factory,
-                                                              caplog):
+def test_kept_resumption_restarts_the_unfinished_global_batch(references, caplog):
     """Property: a state inside a global batch resumes at that batch's start, with a warning
     (``warnings`` for stratified, the log for the others, as in the reference)."""
-    ds = make_reference(stream_dirs, tmp_path_factory, "plain")
+    ds = references("plain")
     specs = our_streams(ds)
     choose = resolve_stream_choose(specs, None, SEED)
     topology = Topology(1, 2, 1, 0, 1, 0)  # global batch 4
@@ -217,10 +228,10 @@ def test_kept_resumption_restarts_the_unfinished_global_batch(stream_dirs, tmp_p
         ("stratified", {"batch_size": 1}, 1, "portion of this stream"),
     ],
 )
-def test_kept_requirements_raise_like_the_reference(stream_dirs, tmp_path_factory, method,
-                                                     changes, nodes, match):
+def test_kept_requirements_raise_like_the_reference(references, method, changes, nodes,
+                                                     match):
     """Properties: NCN divisible by nodes; every stream fills a batch (or its share of one)."""
-    ds = make_reference(stream_dirs, tmp_path_factory, "proportion")
+    ds = references("proportion")
     specs = our_streams(ds)
     choose = resolve_stream_choose(specs, 300, SEED)
     settings = _settings(method, **changes)
@@ -236,12 +247,11 @@ def test_kept_requirements_raise_like_the_reference(stream_dirs, tmp_path_factor
                           sample_in_epoch=0, initial_physical_nodes=None)
 
 
-def test_fixed_a_zero_stream_block_is_a_clear_error_and_only_where_used(stream_dirs,
-                                                                       tmp_path_factory):
+def test_fixed_a_zero_stream_block_is_a_clear_error_and_only_where_used(references):
     """Defect: a stream's block ``int(block * proportion)`` of 0 fails in numpy's ``integers``
     (py1e, py1br) with ``high <= 0``; ``device_per_stream`` refuses it even for the shuffles that
     have no blocks. We name the stream and the fix, and let py1s/py2s/naive run."""
-    ds = make_reference(stream_dirs, tmp_path_factory, "proportion")
+    ds = references("proportion")
     specs = our_streams(ds)
     choose = resolve_stream_choose(specs, 300, SEED)
     topology = Topology(1, 4, 1, 0, 0, 0)  # global batch 8
@@ -267,10 +277,10 @@ def test_fixed_a_zero_stream_block_is_a_clear_error_and_only_where_used(stream_d
         np.testing.assert_array_equal(got, expected[expected != -1])
 
 
-def test_fixed_device_per_stream_warns_only_when_it_drops(stream_dirs, tmp_path_factory, caplog):
+def test_fixed_device_per_stream_warns_only_when_it_drops(references, caplog):
     """Defect: the reference pads every node's stream with a whole device batch even when it
     divides, so it always logs that batches are dropped. We log only a real drop."""
-    ds = make_reference(stream_dirs, tmp_path_factory, "choose")
+    ds = references("choose")
     specs = our_streams(ds)
     settings = _settings("device_per_stream", shuffle=False, num_canonical_nodes=1)
     topology = Topology(1, 1, 1, 0, 0, 0)
@@ -289,11 +299,11 @@ def test_fixed_device_per_stream_warns_only_when_it_drops(stream_dirs, tmp_path_
         assert "stream with index 0 will be dropped" in caplog.text
 
 
-def test_kept_device_per_stream_ranks_may_end_unevenly(stream_dirs, tmp_path_factory):
+def test_kept_device_per_stream_ranks_may_end_unevenly(references):
     """Property of the reference's layout: each node pads its own list of device batches to the
     longest node's, so near the end of an epoch some ranks get empty batches while others still
     get samples. We keep it (the order must stay the reference's); the README says so."""
-    ds = make_reference(stream_dirs, tmp_path_factory, "plain")
+    ds = references("plain")
     specs = our_streams(ds)
     choose = resolve_stream_choose(specs, None, SEED)
     settings = _settings("device_per_stream", num_canonical_nodes=4, batch_size=4)
