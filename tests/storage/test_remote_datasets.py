@@ -221,3 +221,20 @@ def test_a_missing_dataset_is_not_found(remote: Remote, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"index\.json"):
         StreamingDataset(remote=f"{remote.ours}/nothing-here", local=str(tmp_path / "c"),
                          batch_size=1, download_retry=3)  # fmt: skip
+
+
+def test_the_worker_publishes_conditionally_on_azure(azure_env: str) -> None:
+    from worker.convert.conditional import PublishConflict, read_index, write_index
+
+    storage = open_storage(f"{azure_env}/published")
+    absent = read_index(storage)
+    assert absent.data is None
+    write_index(storage, b'{"v": 1}', absent)
+    seen = read_index(storage)
+    assert seen.data == b'{"v": 1}' and seen.etag
+    with pytest.raises(PublishConflict):  # another writer published since we looked
+        write_index(storage, b'{"v": 2}', absent)
+    write_index(storage, b'{"v": 3}', seen)
+    with pytest.raises(PublishConflict):  # our view is stale now
+        write_index(storage, b'{"v": 4}', seen)
+    assert storage.read_bytes("index.json") == b'{"v": 3}'

@@ -229,3 +229,14 @@ def test_importing_the_storage_package_pulls_no_cloud_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_conditional_writes_follow_the_etag(store: AzureStorage) -> None:
+    # Azurite enforces preconditions like Azure: this is the real behaviour, not a stand-in.
+    assert store.write_bytes_if("index.json", b"v1", version=None)
+    assert not store.write_bytes_if("index.json", b"other", version=None)  # exists: 409
+    data, etag = store.read_versioned("index.json")
+    assert data == b"v1"
+    assert store.write_bytes_if("index.json", b"v2", version=etag)
+    assert not store.write_bytes_if("index.json", b"v3", version=etag)  # stale ETag: 412
+    assert store.read_bytes("index.json") == b"v2"

@@ -199,3 +199,18 @@ def test_missing_sdk_names_the_gcs_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     )  # fmt: skip
     with pytest.raises(MissingExtraError, match=r"mds-loader\[gcs\]"):
         open_storage("gs://bkt/ds")
+
+
+def test_conditional_writes_send_the_generation_and_report_412(proxied) -> None:
+    # The emulator ignores generation preconditions, so this checks our half: the precondition
+    # is on the request (0 for "absent", else the generation read) and a 412 reads as a conflict.
+    storage, proxy = proxied
+    assert storage.write_bytes_if("index.json", b"v1", version=None)
+    data, generation = storage.read_versioned("index.json")
+    assert data == b"v1" and int(generation) > 0
+    assert storage.write_bytes_if("index.json", b"v2", version=generation)
+    uploads = [path for method, path in proxy.requests if method == "POST" and "/upload/" in path]
+    assert "ifGenerationMatch=0" in uploads[0]
+    assert f"ifGenerationMatch={generation}" in uploads[1]
+    proxy.inject(Fault("status", status=412, code="conditionNotMet"))
+    assert not storage.write_bytes_if("index.json", b"v3", version=generation)

@@ -10,6 +10,9 @@ replace what it did not see:
 - Local directories: a new index is linked into place with ``os.link`` (fails if the name exists,
   so never clobbers); a replacement holds an advisory ``flock`` on ``_mds_convert/publish.lock``,
   compares the current bytes with those read, and renames over them.
+- GCS and Azure Blob (``mdsloader.storage.ConditionalStorage``): the generation / ETag read with
+  the index is a precondition of the write (GCS ``ifGenerationMatch``, 0 for a new index; Azure
+  ``If-Match``, ``If-None-Match: *`` for a new one).
 - Any other store: an unconditional write (logged once per process); the lease alone protects it.
 """
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mdsloader.errors import ObjectNotFoundError
-from mdsloader.storage import Storage
+from mdsloader.storage import ConditionalStorage, Storage
 from mdsloader.storage.local import LocalStorage, atomic_write, map_os_errors
 from mdsloader.storage.s3 import S3Storage
 
@@ -61,6 +64,8 @@ def read_index(storage: Storage) -> IndexVersion:
         except ObjectNotFoundError:
             return IndexVersion(None)
     try:
+        if isinstance(storage, ConditionalStorage):
+            return IndexVersion(*storage.read_versioned(INDEX))
         return IndexVersion(storage.read_bytes(INDEX))
     except ObjectNotFoundError:
         return IndexVersion(None)
@@ -79,6 +84,10 @@ def write_index(storage: Storage, data: bytes, expected: IndexVersion) -> None:
             _write_s3(storage, data, expected)
         elif isinstance(storage, LocalStorage):
             _write_local(storage, data, expected)
+        elif isinstance(storage, ConditionalStorage):
+            version = None if expected.data is None else expected.etag
+            if not storage.write_bytes_if(INDEX, data, version=version):
+                raise PublishConflict(f"{storage.child_url(INDEX)} changed while publishing")
         else:
             if type(storage).__name__ not in _warned:
                 _warned.add(type(storage).__name__)

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from mdsloader.storage.azure import AzureOptions, AzureStorage, parse_azure_url
-from mdsloader.storage.base import Storage, clean_prefix, clean_relpath, join_relpath, upload_many
+from mdsloader.storage.base import (
+    ConditionalStorage,
+    Storage,
+    clean_prefix,
+    clean_relpath,
+    join_relpath,
+    upload_many,
+)
 from mdsloader.storage.gcs import GCSHmacStorage, GCSOptions, GCSStorage, hmac_keys_in_env
 from mdsloader.storage.local import LocalStorage
 from mdsloader.storage.retry import RetryPolicy, retry_call
@@ -23,6 +30,7 @@ from mdsloader.storage.s3 import S3Options, S3Storage
 __all__ = [
     "AzureOptions",
     "AzureStorage",
+    "ConditionalStorage",
     "GCSHmacStorage",
     "GCSOptions",
     "GCSStorage",

@@ -285,6 +285,39 @@ class AzureStorage:
         """One PUT up to ``single_put_size``, else staged blocks committed at once: atomic."""
         self._call("write", relpath, lambda blob: blob.upload_blob(data, **self._ul()))
 
+    def read_versioned(self, relpath: str) -> tuple[bytes, str]:
+        """The blob's bytes and its ETag, from one download."""
+
+        def get(blob: Any) -> tuple[bytes, str]:
+            stream = blob.download_blob()
+            return bytes(stream.readall()), str(stream.properties.etag)
+
+        return self._call("read", relpath, get)
+
+    def write_bytes_if(self, relpath: str, data: bytes, *, version: str | None) -> bool:
+        """Upload only if the blob's ETag is ``version`` (``None``: only if it is absent).
+
+        Returns:
+            ``False`` on ``412`` (changed) or ``409`` (already exists).
+        """
+        from azure.core import MatchConditions
+
+        if version is None:
+            condition: dict[str, Any] = {"overwrite": False}  # If-None-Match: *
+        else:
+            condition = {"etag": version, "match_condition": MatchConditions.IfNotModified}
+
+        def put(blob: Any) -> bool:
+            try:
+                blob.upload_blob(data, **{**self._ul(), **condition})
+            except Exception as exc:
+                if _status(exc) in (409, 412):
+                    return False
+                raise
+            return True
+
+        return self._call("write", relpath, put)
+
     def upload_file(self, local_path: str, relpath: str) -> None:
         """Upload a local file; large ones as concurrent blocks, committed in one request."""
         path = os.fspath(local_path)

@@ -175,3 +175,24 @@ def upload_many(
         futures = [pool.submit(storage.upload_file, local, rel) for local, rel in items]
     for future in futures:
         future.result()
+
+
+@runtime_checkable
+class ConditionalStorage(Protocol):
+    """A storage that can make a write conditional on the version it read (GCS, Azure Blob).
+
+    Versions are opaque tokens: a GCS object's generation, an Azure blob's ETag. Callers use this
+    to publish ``index.json`` only over the index they saw (or only where none exists).
+    """
+
+    def read_versioned(self, relpath: str) -> tuple[bytes, str]:
+        """The object's bytes and the version they belong to (one request, so they agree)."""
+        ...
+
+    def write_bytes_if(self, relpath: str, data: bytes, *, version: str | None) -> bool:
+        """Write ``data`` only if the object is at ``version`` (``None``: only if it is absent).
+
+        Returns:
+            ``False`` when the precondition failed (someone else wrote in between), else ``True``.
+        """
+        ...
