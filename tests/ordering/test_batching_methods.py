@@ -313,3 +313,24 @@ def test_kept_device_per_stream_ranks_may_end_unevenly(references):
               for node in range(2) for rank in range(2)]
     assert counts == np.count_nonzero(want != -1, axis=(2, 3, 4)).ravel().tolist()
     assert len(set(counts)) > 1, counts
+
+
+def test_fixed_a_stream_without_samples_is_named(references):
+    """Defect: a stream weighted to 0 samples makes the reference fail inside numpy ("need at
+    least one array to concatenate"); we say which stream and why."""
+    ds = references("choose")
+    specs = our_streams(ds)
+    choose = [100, 260, 0]
+    for method in METHODS:
+        with pytest.raises(ValueError, match="Stream 2 contributes no samples"):
+            worker_sample_ids(specs, choose, _settings(method), Topology(1, 1, 1, 0, 0, 0),
+                              epoch=0, sample_in_epoch=0, initial_physical_nodes=None)
+    for stream, count in zip(ds.streams, choose):
+        stream.choose = count
+    try:
+        for method in METHODS:
+            failure = reference_epoch(ds, _settings(method), 1, 1, 1, epoch=0, sample_in_epoch=0)
+            assert "need at least one array" in str(failure)
+    finally:
+        for stream, weight in zip(ds.streams, CONFIGS["choose"][0]):
+            stream.choose = weight["choose"]

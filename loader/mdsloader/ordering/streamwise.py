@@ -89,6 +89,10 @@ def stream_epoch(
     Partitioned over ``nodes`` (physical or canonical, per method) with ``batch_size`` (the device
     batch, or 1), never resumed here (the methods resume by whole global batches), and padded
     with -1 like the reference's partition.
+
+    Raises:
+        ValueError: The stream contributes no samples, or its shuffle block is 0 (see
+            :func:`stream_block_size`).
     """
     stream = streams[index]
     resampled = resample([stream], [choose_per_stream[index]], epoch=epoch,
@@ -96,6 +100,11 @@ def stream_epoch(
                          sampling_method=settings.sampling_method,
                          sampling_granularity=settings.sampling_granularity)
     units = resampled.unit_sizes
+    if not units.sum():
+        # The reference fails in numpy here ("need at least one array to concatenate").
+        raise ValueError(f"Stream {index} contributes no samples to the epoch, but the "
+                         f"`{settings.batching_method}` batching method takes batches from "
+                         f"every stream. Give it a positive weight or leave it out.")
     part = np.array(get_partitions(  # a writable copy
         settings.partition_algo, int(units.sum()), settings.num_canonical_nodes, nodes,
         topology.ranks_per_node, topology.workers_per_rank, batch_size, 0, initial_physical_nodes,
