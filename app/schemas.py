@@ -19,6 +19,7 @@ from mdsloader.mds.compression import get_codec
 from mdsloader.mds.encodings import validate_encoding
 from mdsloader.mds.hashing import check_hash_names
 from worker.convert.identifiers import validate_table_identifier
+from worker.convert.rowspec import RowFilter
 from worker.errors import InvalidSourceError
 from worker.jobs import JobRecord, JobRequest
 
@@ -80,6 +81,11 @@ class JobCreate(BaseModel):
     null_policy: Literal["error", "skip", "fill"] = "error"
     fill_values: dict[str, str | int | float | bool | list[Any] | dict[str, Any]] = Field(
         default_factory=dict, max_length=1024
+    )
+    filter: RowFilter | None = Field(
+        None,
+        description="rows to keep: every {column, op, value} condition must hold; op is one of "
+        "= != < <= > >= in not_in between is_null not_null (a null cell matches no comparison)",
     )
 
     @model_validator(mode="after")

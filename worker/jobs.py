@@ -23,6 +23,8 @@ from typing import Any, Literal, Protocol
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from worker.convert.rowspec import Condition
+
 
 class JobState(StrEnum):
     QUEUED = "queued"
@@ -47,6 +49,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.CANCELLED: frozenset(),
 }
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+# States that count against a principal's quota of active jobs.
+ACTIVE_STATES = (JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING)
 
 
 def is_allowed(source: JobState, target: JobState) -> bool:
@@ -70,6 +74,14 @@ class InvalidTransitionError(JobStoreError):
 
     def __str__(self) -> str:
         return f"job {self.job_id}: cannot go from {self.current} to {self.target}"
+
+
+class QuotaExceededError(JobStoreError):
+    """The principal already has ``limit`` queued or running jobs."""
+
+    def __init__(self, principal: str, active: int, limit: int) -> None:
+        super().__init__(principal, active, limit)
+        self.principal, self.active, self.limit = principal, active, limit
 
 
 class IdempotencyConflictError(JobStoreError):
@@ -105,6 +117,8 @@ class JobRequest(_Model):
     # MDS has no null: nulls fail the job unless the request skips those rows or fills them.
     null_policy: Literal["error", "skip", "fill"] = "error"
     fill_values: dict[str, Any] = Field(default_factory=dict)
+    # Only the rows where every condition holds (structured, never SQL; see rowspec).
+    filter: list[Condition] | None = None
 
     def fingerprint(self) -> str:
         """A digest of the normalised request, to compare idempotent submissions."""
@@ -147,6 +161,8 @@ class TransitionEntry(_Model):
     target: JobState
     at: datetime
     attempt: int
+    # Who asked for this edge (the submitting or cancelling principal); None for the worker.
+    actor: str | None = None
 
 
 class JobWait(_Model):
@@ -170,19 +186,28 @@ class JobRecord(_Model):
     result: JobResult | None = None
     error: JobError | None = None
     attempts: int = 0
+    # The principal that submitted the job (None for records from before principals existed).
+    principal: str | None = None
     transitions: list[TransitionEntry] = Field(default_factory=list)
     # Set while the job waits for its target (see worker.target_lease); cleared when it runs.
     waiting: JobWait | None = None
 
     @classmethod
-    def new(cls, request: JobRequest) -> JobRecord:
+    def new(cls, request: JobRequest, principal: str | None = None) -> JobRecord:
         now = utcnow()
-        entry = TransitionEntry(source=None, target=JobState.QUEUED, at=now, attempt=0)
+        entry = TransitionEntry(
+            source=None, target=JobState.QUEUED, at=now, attempt=0, actor=principal
+        )
         return cls(
-            id=new_job_id(), request=request, created_at=now, updated_at=now, transitions=[entry]
+            id=new_job_id(),
+            request=request,
+            created_at=now,
+            updated_at=now,
+            principal=principal,
+            transitions=[entry],
         )
 
-    def moved_to(self, target: JobState) -> JobRecord:
+    def moved_to(self, target: JobState, actor: str | None = None) -> JobRecord:
         """A copy in state ``target`` (edge checked), with timestamps and the transition log."""
         if not is_allowed(self.state, target):
             raise InvalidTransitionError(self.id, self.state, target)
@@ -194,7 +219,9 @@ class JobRecord(_Model):
         if target in FINAL_STATES:
             record.finished_at = now
         record.transitions.append(
-            TransitionEntry(source=self.state, target=target, at=now, attempt=record.attempts)
+            TransitionEntry(
+                source=self.state, target=target, at=now, attempt=record.attempts, actor=actor
+            )
         )
         record.state, record.updated_at = target, now
         return record
@@ -209,13 +236,22 @@ class JobStore(Protocol):
     def ping(self) -> None: ...
 
     def create(
-        self, record: JobRecord, *, idempotency_key: str | None = None
+        self,
+        record: JobRecord,
+        *,
+        idempotency_key: str | None = None,
+        active_limit: int | None = None,
     ) -> tuple[JobRecord, bool]: ...
 
     def get(self, job_id: str) -> JobRecord: ...
 
     def list(
-        self, *, state: JobState | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        principal: str | None = None,
     ) -> tuple[list[JobRecord], str | None]: ...
 
     def transition(
@@ -225,6 +261,7 @@ class JobStore(Protocol):
         *,
         expected: Collection[JobState],
         mutate: Mutation | None = None,
+        actor: str | None = None,
     ) -> JobRecord: ...
 
     def update(
@@ -281,20 +318,48 @@ class RedisJobStore:
     def lease_key(self, job_id: str) -> str:
         return f"{self.prefix}:lease:{job_id}"
 
+    def owner_key(self, principal: str, state: JobState | None = None) -> str:
+        """A principal's jobs (all of them, or those in ``state``): listing and quotas."""
+        return f"{self.prefix}:owner:{principal}:" + (f"state:{state}" if state else "jobs")
+
+    def _index_keys(self, record: JobRecord, state: JobState) -> list[str]:
+        keys = [self.state_key(state)]
+        if record.principal is not None:
+            keys.append(self.owner_key(record.principal, state))
+        return keys
+
     def ping(self) -> None:
         self.client.ping()
 
     def create(
-        self, record: JobRecord, *, idempotency_key: str | None = None
+        self,
+        record: JobRecord,
+        *,
+        idempotency_key: str | None = None,
+        active_limit: int | None = None,
     ) -> tuple[JobRecord, bool]:
         """Store a new record (and its outbox entry); an idempotent replay returns the original.
+
+        Args:
+            active_limit: refuse the job when its principal already has this many queued,
+                running or cancelling jobs. Checked in the same transaction as the write, so
+                concurrent submissions cannot both slip under the limit.
 
         Returns:
             ``(record, created)``; ``created`` is False when ``idempotency_key`` matched an
             earlier submission with the same request.
+
+        Raises:
+            IdempotencyConflictError: the key was used with a different request.
+            QuotaExceededError: over ``active_limit``.
         """
         idem_key = f"{self.prefix}:idem:{idempotency_key}" if idempotency_key else None
         fingerprint = record.request.fingerprint()
+        quota_keys = (
+            [self.owner_key(record.principal, s) for s in ACTIVE_STATES]
+            if active_limit is not None and record.principal is not None
+            else []
+        )
 
         def attempt(pipe: redis.client.Pipeline) -> tuple[JobRecord, bool]:
             if idem_key is not None:
@@ -304,26 +369,51 @@ class RedisJobStore:
                     if seen != fingerprint:
                         raise IdempotencyConflictError(idempotency_key or "", job_id)
                     return self._load(pipe.get(self.job_key(job_id)), job_id), False
+            if quota_keys and active_limit is not None:
+                active = sum(int(pipe.zcard(key)) for key in quota_keys)
+                if active >= active_limit:
+                    raise QuotaExceededError(record.principal or "", active, active_limit)
             pipe.multi()
             pipe.set(self.job_key(record.id), record.model_dump_json())
             pipe.zadd(self.all_key, {record.id: 0})
-            pipe.zadd(self.state_key(record.state), {record.id: 0})
+            for key in self._index_keys(record, record.state):
+                pipe.zadd(key, {record.id: 0})
+            if record.principal is not None:
+                pipe.zadd(self.owner_key(record.principal), {record.id: 0})
             pipe.zadd(self.outbox_key, {record.id: time.time()})
             if idem_key is not None:
                 pipe.set(idem_key, f"{record.id} {fingerprint}", ex=self.idempotency_ttl)
             return record, True
 
-        watches = [idem_key] if idem_key else []
+        watches = [k for k in (idem_key, *quota_keys) if k]
         return self.client.transaction(attempt, *watches, value_from_callable=True)
+
+    def count_active(self, principal: str) -> int:
+        """The principal's queued, running and cancelling jobs."""
+        pipe = self.client.pipeline(transaction=False)
+        for state in ACTIVE_STATES:
+            pipe.zcard(self.owner_key(principal, state))
+        return sum(pipe.execute())
 
     def get(self, job_id: str) -> JobRecord:
         return self._load(self.client.get(self.job_key(job_id)), job_id)
 
     def list(
-        self, *, state: JobState | None = None, limit: int = 50, cursor: str | None = None
+        self,
+        *,
+        state: JobState | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        principal: str | None = None,
     ) -> tuple[list[JobRecord], str | None]:
-        """Newest first; ``cursor`` is the last id of the previous page (exclusive)."""
-        key = self.state_key(state) if state else self.all_key
+        """Newest first; ``cursor`` is the last id of the previous page (exclusive).
+
+        ``principal`` restricts the page to that principal's jobs.
+        """
+        if principal is not None:
+            key = self.owner_key(principal, state)
+        else:
+            key = self.state_key(state) if state else self.all_key
         upper = f"({cursor}" if cursor else "+"
         ids = [i.decode() for i in self.client.zrevrangebylex(key, upper, "-", 0, limit + 1)]
         page, more = ids[:limit], len(ids) > limit
@@ -339,8 +429,11 @@ class RedisJobStore:
         *,
         expected: Collection[JobState],
         mutate: Mutation | None = None,
+        actor: str | None = None,
     ) -> JobRecord:
         """Atomically move a job from one of ``expected`` to ``target`` and apply ``mutate``.
+
+        ``actor`` is recorded on the transition (the principal that asked for it).
 
         Raises:
             JobNotFoundError: no such job.
@@ -352,13 +445,15 @@ class RedisJobStore:
             current = self._load(pipe.get(key), job_id)
             if current.state not in expected:
                 raise InvalidTransitionError(job_id, current.state, target)
-            record = current.moved_to(target)
+            record = current.moved_to(target, actor)
             if mutate is not None:
                 mutate(record)
             pipe.multi()
             pipe.set(key, record.model_dump_json())
-            pipe.zrem(self.state_key(current.state), job_id)
-            pipe.zadd(self.state_key(target), {job_id: 0})
+            for old in self._index_keys(current, current.state):
+                pipe.zrem(old, job_id)
+            for new in self._index_keys(record, target):
+                pipe.zadd(new, {job_id: 0})
             if target in FINAL_STATES:  # counted here so that every path to a final state counts
                 pipe.hincrby(self.metrics_key, f"finished:{target}", 1)
             return record

@@ -88,6 +88,7 @@ def spec_for(record: JobRecord) -> ConversionSpec:
         null_policy=request.null_policy,
         fill_values=dict(request.fill_values),
         run_id=record.id,
+        filter=tuple(request.filter or ()),
     )
 
 

@@ -247,3 +247,28 @@ def test_split_shapes_are_checked(raw) -> None:
 def test_split_by_a_missing_column_is_refused(frame) -> None:
     with pytest.raises(InvalidFilterError, match="no column 'nope'"):
         split_frames(frame, Splits(by="nope", parts={"a": 0.5, "b": 0.5}))
+
+
+def test_a_filtered_conversion_writes_only_the_kept_rows(spark, tmp_path) -> None:
+    from tests.worker.conftest import read_ours
+    from worker.convert.model import ConversionSpec
+    from worker.convert.pipeline import convert_table
+
+    path = tmp_path / "t"
+    spark.createDataFrame(ROWS, SCHEMA).drop("odd.name`", "ts").write.parquet(str(path))
+    conditions = (Condition(column="n", op="between", value=[2, 4]),)
+    spec = ConversionSpec(
+        source_table=f"parquet.`{path}`", target=str(tmp_path / "out"), run_id="r1",
+        filter=conditions, null_policy="skip",
+    )  # fmt: skip
+    result = convert_table(spec, spark=spark)
+    ids = sorted(int(sample["id"]) for sample in read_ours(tmp_path / "out"))
+    assert ids == expected_ids(conditions[0]) and result.samples == len(ids)
+    with pytest.raises(InvalidFilterError, match="no column 'ts'"):
+        bad = (Condition(column="ts", op="is_null"),)
+        convert_table(
+            ConversionSpec(source_table=f"parquet.`{path}`", target=str(tmp_path / "o2"),
+                           run_id="r2", filter=bad),
+            spark=spark,
+        )  # fmt: skip
+    assert not (tmp_path / "o2").exists()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 NullPolicy = Literal["error", "skip", "fill"]
 Mode = Literal["error", "overwrite"]
@@ -30,6 +30,8 @@ class ConversionSpec:
     null_policy: NullPolicy = "error"
     fill_values: dict[str, object] = field(default_factory=dict)
     run_id: str | None = None
+    # Row filter conditions (worker.convert.rowspec.Condition), all of which must hold.
+    filter: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from worker.convert.nulls import NullCounts, apply_null_policy, null_error
 from worker.convert.partitions import RESULT_SCHEMA, PartitionWriter, WriteOptions
 from worker.convert.progress import JobMonitor, ProgressCallback
 from worker.convert.publish import INDEX, PartitionOutput, Publisher, check_run_dir
+from worker.convert.row_select import apply_filter
 from worker.convert.schema import ColumnPlan, mds_columns, plan_columns, projection
 from worker.convert.source import resolve_source
 from worker.errors import ConversionCancelled, ConversionError, PermanentConversionError
@@ -92,7 +93,8 @@ def convert_table(
             retry, ``ConversionCancelled`` when ``cancel`` was set.
     """
     try:
-        df = resolve_source(spark, spec.source_table, timeout=source_timeout)
+        df = apply_filter(resolve_source(spark, spec.source_table, timeout=source_timeout),
+                          spec.filter)
     except Exception as exc:
         raise to_conversion_error(exc) from exc
     return dataframe_to_mds(
