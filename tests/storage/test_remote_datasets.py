@@ -99,6 +99,7 @@ def read_reference(reference: Any, remote: str, local: Path) -> list[dict[str, A
     return [{"id": int(s["id"]), "text": s["text"]} for s in (ds[i] for i in range(len(ds)))]
 
 
+@pytest.mark.interop
 def test_written_with_mdswriter_and_streamed_cold_by_two_workers(
     remote: Remote, reference: Any, tmp_path: Path
 ) -> None:
@@ -121,6 +122,7 @@ def test_written_with_mdswriter_and_streamed_cold_by_two_workers(
     assert theirs == samples(300)
 
 
+@pytest.mark.interop
 def test_we_stream_what_the_reference_wrote_there(
     remote: Remote, reference: Any, tmp_path: Path
 ) -> None:
@@ -134,6 +136,7 @@ def test_we_stream_what_the_reference_wrote_there(
     assert [{"id": int(s["id"]), "text": s["text"]} for s in ds] == samples(120, start=1000)
 
 
+@pytest.mark.slow
 def test_a_conversion_job_publishes_to_each_remote(
     gcs_remote: Remote, azure_remote: Remote, reference: Any, tmp_path: Path
 ) -> None:
