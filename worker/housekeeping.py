@@ -35,7 +35,13 @@ from worker.target_lease import TargetLeases, normalise_target
 log = logging.getLogger("worker.housekeeping")
 JOB_ID = re.compile(r"^[0-9a-f]{28}$")
 INTERNAL = "_mds_convert"
-LEASE_TTL = 300.0
+# Short, and renewed before each removal: a round that dies (its worker killed, Redis gone before
+# the release) must not keep jobs off a target for long.
+LEASE_TTL = 20.0
+
+
+class LeaseLost(Exception):
+    """The round held the target too long: a job may own it now; stop touching it."""
 
 
 @dataclass
@@ -70,6 +76,7 @@ class Housekeeper:
         self.open_target, self.clock = open_target, clock
         self.leases = TargetLeases(store)
         self.name = f"housekeeping:{uuid.uuid4().hex[:12]}"
+        self._target = ""
 
     def run(self, targets: Iterable[str] | None = None) -> Report:
         """Clean ``targets`` (default: every target of a stored job)."""
@@ -78,9 +85,10 @@ class Housekeeper:
             if self.leases.acquire(target, self.name, LEASE_TTL) is not None:
                 report.skipped.append(f"{target}: a job is writing there")
                 continue
+            self._target = target
             try:
                 self._clean(target, report)
-            except (IndexFormatError, ValueError) as exc:
+            except (IndexFormatError, ValueError, LeaseLost) as exc:
                 report.skipped.append(f"{target}: {exc}")
             finally:
                 self.leases.release_quietly(target, self.name)
@@ -153,6 +161,8 @@ class Housekeeper:
             return None
 
     def _remove(self, storage: Storage, path: str, report: Report) -> None:
+        if not self.leases.renew(self._target, self.name, LEASE_TTL):
+            raise LeaseLost(f"{self._target}: the housekeeping lease expired")
         report.removed.append(storage.child_url(path) + ("/" if path.endswith("/") else ""))
         if self.dry_run:
             report.files += len(storage.list(path)) if path.endswith("/") else 1
