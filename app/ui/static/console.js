@@ -1,6 +1,6 @@
 // Shared by every console page: the session token, calls to /v1, safe DOM building, formatting.
-// Text always goes into the page through textContent (never innerHTML), so nothing a job holds
-// can become markup.
+// Text always goes into the page as text nodes or textContent, never parsed as HTML, so nothing
+// a job holds can become markup.
 
 const TOKEN_KEY = "mds-convert.token";
 

@@ -49,7 +49,7 @@ function showProgress(job) {
     ["bytes", fmtBytes(p.bytes_written)],
     ["partitions", p.partitions_total ? `${p.partitions_done}/${p.partitions_total}` : "–"],
     ["rows/s", rate === null ? "–" : fmtInt(Math.round(rate))],
-    ["phase", p.phase ?? "–"],
+    ["phase", FINAL.has(job.state) ? "done" : p.phase ?? "–"],
     ["running for", job.started_at ? fmtDuration(seconds(job.started_at, job.finished_at)) : "–"],
     ["attempts", String(job.attempts)],
   ]);
