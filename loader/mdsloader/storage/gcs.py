@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from mdsloader.errors import MissingExtraError, ObjectNotFoundError
+from mdsloader.errors import MissingExtraError, ObjectNotFoundError, StorageError
 from mdsloader.storage.base import (
     STREAM_CHUNK,
     ByteSink,
@@ -437,47 +437,55 @@ class GCSHmacStorage:
 
     def read_bytes(self, relpath: str) -> bytes:
         """See :meth:`S3Storage.read_bytes`."""
-        return self._s3.read_bytes(relpath)
+        return self._gs(self._s3.read_bytes, relpath)
 
     def read_range(self, relpath: str, start: int, end: int) -> bytes:
         """See :meth:`S3Storage.read_range`."""
-        return self._s3.read_range(relpath, start, end)
+        return self._gs(self._s3.read_range, relpath, start, end)
 
     def write_bytes(self, relpath: str, data: bytes) -> None:
         """See :meth:`S3Storage.write_bytes`."""
-        self._s3.write_bytes(relpath, data)
+        self._gs(self._s3.write_bytes, relpath, data)
 
     def upload_file(self, local_path: str, relpath: str) -> None:
         """See :meth:`S3Storage.upload_file`."""
-        self._s3.upload_file(local_path, relpath)
+        self._gs(self._s3.upload_file, local_path, relpath)
 
     def download_file(self, relpath: str, local_path: str) -> None:
         """See :meth:`S3Storage.download_file`."""
-        self._s3.download_file(relpath, local_path)
+        self._gs(self._s3.download_file, relpath, local_path)
 
     def stream_to(self, relpath: str, sink: ByteSink, *, chunk_size: int = STREAM_CHUNK) -> int:
         """See :meth:`S3Storage.stream_to`."""
-        return self._s3.stream_to(relpath, sink, chunk_size=chunk_size)
+        return self._gs(lambda: self._s3.stream_to(relpath, sink, chunk_size=chunk_size))
 
     def exists(self, relpath: str) -> bool:
         """See :meth:`S3Storage.exists`."""
-        return self._s3.exists(relpath)
+        return self._gs(self._s3.exists, relpath)
 
     def size(self, relpath: str) -> int:
         """See :meth:`S3Storage.size`."""
-        return self._s3.size(relpath)
+        return self._gs(self._s3.size, relpath)
 
     def list(self, prefix: str = "") -> list[str]:
         """See :meth:`S3Storage.list`."""
-        return self._s3.list(prefix)
+        return self._gs(self._s3.list, prefix)
 
     def delete(self, relpath: str) -> None:
         """See :meth:`S3Storage.delete`."""
-        self._s3.delete(relpath)
+        self._gs(self._s3.delete, relpath)
 
     def delete_prefix(self, prefix: str) -> int:
         """See :meth:`S3Storage.delete_prefix`."""
-        return self._s3.delete_prefix(prefix)
+        return self._gs(self._s3.delete_prefix, prefix)
+
+    @staticmethod
+    def _gs(fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn``; its storage errors name the object ``gs://`` (the URL the user gave)."""
+        try:
+            return fn(*args)
+        except StorageError as exc:
+            raise type(exc)(str(exc).replace("s3://", "gs://")) from exc
 
 
 def hmac_keys_in_env() -> bool:
