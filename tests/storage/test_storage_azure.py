@@ -240,3 +240,17 @@ def test_conditional_writes_follow_the_etag(store: AzureStorage) -> None:
     assert store.write_bytes_if("index.json", b"v2", version=etag)
     assert not store.write_bytes_if("index.json", b"v3", version=etag)  # stale ETag: 412
     assert store.read_bytes("index.json") == b"v2"
+
+
+def test_a_body_that_kept_tearing_inside_the_sdk_is_transient() -> None:
+    from azure.core.exceptions import HttpResponseError, IncompleteReadError
+
+    from mdsloader.storage.azure import classify_azure_error
+
+    torn = IncompleteReadError("connection broken")
+    # What the SDK's download stream raises after its own three body reads failed.
+    wrapped = HttpResponseError(torn, error=torn)
+    wrapped.__cause__ = torn
+    assert classify_azure_error(wrapped) == "transient"
+    assert classify_azure_error(HttpResponseError("plain, no status")) == "other"
+    assert classify_azure_error(ValueError("not the SDK's")) is None

@@ -517,6 +517,16 @@ def _status(exc: BaseException) -> int:
     return status if isinstance(status, int) else 0
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not e for e in seen):
+        seen.append(current)
+        inner = getattr(current, "inner_exception", None) or getattr(current, "error", None)
+        current = inner if isinstance(inner, BaseException) else current.__cause__
+    return seen
+
+
 def classify_azure_error(exc: BaseException) -> Kind | None:
     """The kind of an azure-core failure, or ``None`` for an exception it is not.
 
@@ -533,12 +543,13 @@ def classify_azure_error(exc: BaseException) -> Kind | None:
         return "denied"
     if status in (408, 429) or status >= 500:
         return "transient"
-    if isinstance(exc, az.ServiceRequestError | az.ServiceResponseError | az.IncompleteReadError):
+    network = (az.ServiceRequestError, az.ServiceResponseError, az.IncompleteReadError,
+               az.DecodeError, ConnectionError, TimeoutError)  # fmt: skip
+    # The download stream wraps a body that kept tearing in a status-less HttpResponseError.
+    if any(isinstance(cause, network) for cause in _causes(exc)):
         return "transient"
     if isinstance(exc, az.ClientAuthenticationError):
         return "denied"
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return "transient"
     if isinstance(exc, az.AzureError) or status:
         return "other"
     return None
