@@ -88,6 +88,10 @@ def test_submit_watch_it_succeed_and_preview(console: Console, page, tmp_path: P
     assert row.get_attribute("data-state") == "succeeded"
     assert "20,000 rows" in row.inner_text() and "rows/s" in row.inner_text()
     screenshot(page, tmp_path, "jobs")
+    page.select_option("#state-filter", "failed")
+    row.wait_for(state="detached")
+    page.select_option("#state-filter", "succeeded")
+    row.wait_for()
 
     # The token never went into a URL or a cookie.
     assert not any(TOKENS["alice"] in url for url in requested)
