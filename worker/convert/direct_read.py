@@ -81,7 +81,9 @@ def _open_parquet(plan: DirectPlan, split: FileSplit) -> Any:
 
     def batches() -> Iterator[pa.RecordBatch]:
         if names and groups:
-            yield from file.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=names)
+            yield from file.iter_batches(
+                batch_size=BATCH_ROWS, row_groups=groups, columns=names, use_threads=False
+            )
             return
         for group in groups:  # only partition columns are selected
             yield _empty_rows(meta.row_group(group).num_rows)

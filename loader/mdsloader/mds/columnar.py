@@ -357,7 +357,6 @@ def _interleave(pieces: list[_Piece], n: int) -> EncodedBatch:
 
 
 def _join_arrow(pa: Any, pieces: list[_Piece], n: int) -> np.ndarray:
-    compute = importlib.import_module("pyarrow.compute")
     arrays = []
     for piece in pieces:
         offsets = piece.offsets
@@ -369,9 +368,14 @@ def _join_arrow(pa: Any, pieces: list[_Piece], n: int) -> np.ndarray:
                 pa.large_binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
             )
         )
-    joined = compute.binary_join_element_wise(*arrays, pa.scalar(b"", pa.large_binary()))
+    # Gathering piece k of row i to position i * len(pieces) + k lays the records end to end in
+    # one data buffer: a plain copy per value, several times faster than a per-row join.
+    order = np.arange(n, dtype=np.int64)[:, None] + np.arange(len(arrays), dtype=np.int64) * n
+    joined = pa.concat_arrays(arrays).take(pa.array(order.reshape(-1)))
     _, offsets_buf, data_buf = joined.buffers()
-    end = int(np.frombuffer(offsets_buf, np.int64)[n])
+    end = int(np.frombuffer(offsets_buf, np.int64)[len(joined)])
+    if data_buf is None or end == 0:
+        return np.zeros(0, np.uint8)
     return np.frombuffer(data_buf, np.uint8, end)
 
 
