@@ -80,6 +80,10 @@ class TargetNotAllowed(AppError):
     status_code, code, title = 403, "target_not_allowed", "Target not allowed"
 
 
+class CallbackNotAllowed(AppError):
+    status_code, code, title = 403, "callback_not_allowed", "Callback URL not allowed"
+
+
 class SourceNotAllowed(AppError):
     status_code, code, title = 403, "source_not_allowed", "Source not allowed"
 

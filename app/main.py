@@ -18,6 +18,7 @@ from app.service import TASK_NAME, Admission, Enqueuer, JobService
 from app.settings import AppSettings, get_app_settings
 from app.ui import install_console
 from worker.access.principals import build_registry
+from worker.callbacks import CallbackPolicy
 from worker.celery_app import make_celery
 from worker.jobs import RedisJobStore
 from worker.metrics import RedisJobCollector
@@ -54,6 +55,9 @@ def create_app(settings: AppSettings | None = None, *, enqueue: Enqueuer | None 
             max_active_jobs=settings.max_active_jobs,
             max_queue_depth=settings.max_queue_depth,
             retry_after=settings.retry_after,
+            callbacks=(
+                CallbackPolicy.from_settings(settings) if settings.callback_secret else None
+            ),
         ),
     )
 

@@ -82,6 +82,12 @@ class JobCreate(BaseModel):
     fill_values: dict[str, str | int | float | bool | list[Any] | dict[str, Any]] = Field(
         default_factory=dict, max_length=1024
     )
+    callback_url: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        description="POSTed the job (HMAC-signed) when it reaches a final state",
+    )
     filter: RowFilter | None = Field(
         None,
         description="rows to keep: every {column, op, value} condition must hold; op is one of "

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from app.errors import (
     AppError,
+    CallbackNotAllowed,
     Forbidden,
     IdempotencyConflict,
     InvalidRequest,
@@ -29,6 +30,7 @@ from worker.access.audit import audit
 from worker.access.principals import Principal, Scope
 from worker.access.sources import SourceNotAllowedError
 from worker.access.targets import Target, TargetError, TargetNotAllowedError
+from worker.callbacks import CallbackNotAllowedError, CallbackPolicy
 from worker.errors import InvalidSourceError
 from worker.jobs import (
     FINAL_STATES,
@@ -58,6 +60,8 @@ class Admission:
     max_active_jobs: int = 50
     max_queue_depth: int = 1000
     retry_after: int = 10
+    # Which callback URLs jobs may name; None: callbacks are not configured (no secret).
+    callbacks: CallbackPolicy | None = None
 
 
 class JobService:
@@ -81,6 +85,7 @@ class JobService:
         self.require(principal, Scope.SUBMIT, **fields)
         try:
             source, target = self._authorise(body, principal)
+            self._check_callback(body.callback_url)
             record = JobRecord.new(body.to_request(str(target), source), principal.name)
             self._check_queue_depth(principal)
             limit = (
@@ -136,6 +141,19 @@ class JobService:
         except TargetError as exc:
             raise InvalidRequest(f"target: {exc}") from None
         return source, target
+
+    def _check_callback(self, url: str | None) -> None:
+        if url is None:
+            return
+        policy = self.admission.callbacks
+        if policy is None:
+            raise InvalidRequest(
+                "callback_url: callbacks are not configured on this service (APP_CALLBACK_SECRET)"
+            )
+        try:
+            policy.check(url)
+        except CallbackNotAllowedError as exc:
+            raise CallbackNotAllowed(str(exc)) from None
 
     def _check_queue_depth(self, principal: Principal) -> None:
         # Not transactional with the write (every submission would contend on one key): the

@@ -165,3 +165,12 @@ def _start_housekeeping_schedule(sender: Any = None, **kwargs: Any) -> None:
         settings.housekeeping_interval,
         lambda: app.send_task(HOUSEKEEPING_TASK, queue=settings.celery_queue),
     ).start()
+
+
+@signals.worker_ready.connect
+def _start_callback_dispatcher(sender: Any = None, **kwargs: Any) -> None:
+    """Deliver completion callbacks from this worker (every worker polls the outbox; a claimed
+    callback is a lease, so each attempt is made by one of them)."""
+    from worker.callbacks import start_dispatcher
+
+    start_dispatcher(_worker_settings(_controller.get("worker")))

@@ -119,6 +119,8 @@ class JobRequest(_Model):
     fill_values: dict[str, Any] = Field(default_factory=dict)
     # Only the rows where every condition holds (structured, never SQL; see rowspec).
     filter: list[Condition] | None = None
+    # POSTed the job when it reaches a final state (see worker.callbacks).
+    callback_url: str | None = None
 
     def fingerprint(self) -> str:
         """A digest of the normalised request, to compare idempotent submissions."""
@@ -152,6 +154,17 @@ class JobError(_Model):
     code: str
     message: str
     retryable: bool = False
+
+
+class CallbackAttempt(_Model):
+    """One delivery attempt of the job's completion callback."""
+
+    attempt: int
+    at: datetime
+    status_code: int | None = None
+    error: str | None = None
+    delivered: bool = False
+    gave_up: bool = False
 
 
 class TransitionEntry(_Model):
@@ -188,6 +201,8 @@ class JobRecord(_Model):
     attempts: int = 0
     # The principal that submitted the job (None for records from before principals existed).
     principal: str | None = None
+    # Delivery attempts of request.callback_url, oldest first.
+    callbacks: list[CallbackAttempt] = Field(default_factory=list)
     transitions: list[TransitionEntry] = Field(default_factory=list)
     # Set while the job waits for its target (see worker.target_lease); cleared when it runs.
     waiting: JobWait | None = None
@@ -317,6 +332,11 @@ class RedisJobStore:
 
     def lease_key(self, job_id: str) -> str:
         return f"{self.prefix}:lease:{job_id}"
+
+    @property
+    def callbacks_key(self) -> str:
+        """Jobs whose completion callback is due, scored by the time of the next attempt."""
+        return f"{self.prefix}:callbacks"
 
     def owner_key(self, principal: str, state: JobState | None = None) -> str:
         """A principal's jobs (all of them, or those in ``state``): listing and quotas."""
@@ -456,6 +476,8 @@ class RedisJobStore:
                 pipe.zadd(new, {job_id: 0})
             if target in FINAL_STATES:  # counted here so that every path to a final state counts
                 pipe.hincrby(self.metrics_key, f"finished:{target}", 1)
+                if record.request.callback_url:  # the callback outbox, atomic with the state
+                    pipe.zadd(self.callbacks_key, {job_id: time.time()})
             return record
 
         return self.client.transaction(attempt, key, value_from_callable=True)

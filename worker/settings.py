@@ -60,6 +60,16 @@ class SharedSettings(BaseSettings):
     # (APP_API_TOKENS) and anonymous development access may read. No path root by default.
     allowed_sources: Annotated[list[str], NoDecode] = _access("allowed_sources", ["*"])
     allowed_source_paths: Annotated[list[str], NoDecode] = _access("allowed_source_paths", [])
+    # Completion callbacks (worker.callbacks): the HMAC secret, which hosts may be called, which
+    # non-public networks are allowed explicitly, and the delivery bounds.
+    callback_secret: SecretStr | None = _access("callback_secret")
+    callback_allowed_hosts: Annotated[list[str], NoDecode] = _access("callback_allowed_hosts", [])
+    callback_allowed_networks: Annotated[list[str], NoDecode] = _access(
+        "callback_allowed_networks", []
+    )
+    callback_timeout: float = _access("callback_timeout", 10.0, gt=0)
+    callback_max_attempts: int = _access("callback_max_attempts", 8, ge=1)
+    callback_max_seconds: float = _access("callback_max_seconds", 600.0, gt=0)
     # What a one- or two-part table name means (the worker's Spark defaults).
     source_default_catalog: str = _access("source_default_catalog", "spark_catalog")
     source_default_database: str = _access("source_default_database", "default")
@@ -71,7 +81,8 @@ class SharedSettings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     _split_lists = field_validator(
-        "api_tokens", "allowed_targets", "allowed_sources", "allowed_source_paths", mode="before"
+        "api_tokens", "allowed_targets", "allowed_sources", "allowed_source_paths",
+        "callback_allowed_hosts", "callback_allowed_networks", mode="before"
     )(_split_commas)
 
     def effective_allowed_targets(self) -> list[str]:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from app.deps import PrincipalDep, ServiceDep, SettingsDep
 from app.errors import (
     AuthUnavailable,
+    CallbackNotAllowed,
     Forbidden,
     IdempotencyConflict,
     InvalidRequest,
@@ -45,6 +46,7 @@ _WITH_BODY = (MalformedRequest, RequestTooLarge)
             *_WITH_BODY,
             SourceNotAllowed,
             TargetNotAllowed,
+            CallbackNotAllowed,
             IdempotencyConflict,
             QuotaExceeded,
             QueueFull,

@@ -59,6 +59,7 @@ def test_submit_returns_202_with_location_and_normalised_request(client, enqueue
         "null_policy": "error",
         "fill_values": {},
         "filter": None,
+        "callback_url": None,
     }
     assert job["progress"]["rows_written"] == 0
     assert job["result"] is None and job["error"] is None and job["finished_at"] is None

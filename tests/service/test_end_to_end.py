@@ -28,6 +28,7 @@ from worker.jobs import RedisJobStore
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROWS = 4_000
+CALLBACK_SECRET = "e2e-callback-secret"
 FINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -67,6 +68,9 @@ class Env:
             api_tokens=[TOKEN],
             allowed_targets=[bucket],
             allowed_source_paths=[str(base)],
+            callback_secret=CALLBACK_SECRET,
+            callback_allowed_hosts=["127.0.0.1"],
+            callback_allowed_networks=["127.0.0.0/8"],
             outbox_delay=1,
             outbox_interval=1,
         )
@@ -88,6 +92,9 @@ class Env:
             "APP_API_TOKENS": TOKEN,
             "APP_ALLOWED_TARGETS": self.bucket,
             "APP_ALLOWED_SOURCE_PATHS": str(self.base),
+            "APP_CALLBACK_SECRET": CALLBACK_SECRET,
+            "APP_CALLBACK_ALLOWED_HOSTS": "127.0.0.1",
+            "APP_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8",
             # Short, so that a job of a killed worker is taken over quickly (test_kill_9_...).
             "WORKER_LEASE_TTL": "4",
             **extra,
@@ -285,3 +292,28 @@ def test_the_worker_refuses_a_record_altered_in_redis(api, env, worker) -> None:
     assert done["state"] == "failed" and done["error"]["code"] == "access_denied", done
     assert "not under an allowed source root" in done["error"]["message"]
     assert open_storage(target).list("") == []
+
+
+def test_a_finished_job_calls_back_signed_from_the_worker(api, env, source, worker) -> None:
+    from tests.service.callback_receiver import CallbackReceiver
+    from worker.callbacks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+
+    with CallbackReceiver([500, 200]) as receiver:
+        job = submit(api, source, f"{env.bucket}/called-back", callback_url=receiver.url)
+        done = wait_for(api, job["id"], FINAL)
+        deadline = time.monotonic() + 30
+        while len(receiver.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert done["state"] == "succeeded", done
+    second = receiver.received[1]
+    body = json.loads(second.body)
+    assert body["id"] == job["id"] and body["state"] == "succeeded"
+    assert body["result"]["samples"] == ROWS
+    headers = second.headers
+    assert verify(CALLBACK_SECRET.encode(), headers[TIMESTAMP_HEADER], second.body,
+                  headers[SIGNATURE_HEADER])  # fmt: skip
+    deadline = time.monotonic() + 10
+    while len(attempts := api.get(f"/v1/jobs/{job['id']}").json()["callbacks"]) < 2:
+        assert time.monotonic() < deadline, attempts
+        time.sleep(0.1)  # the attempt is recorded once the receiver has answered
+    assert [a["status_code"] for a in attempts] == [500, 200] and attempts[-1]["delivered"]
