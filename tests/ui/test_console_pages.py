@@ -22,10 +22,10 @@ PAGES = ["/ui/signin", "/ui/jobs", "/ui/submit", "/ui/jobs/0123abcd"]
 
 
 @pytest.fixture
-def open_server(redis_server, prefix: str) -> LiveServer:
+def open_server(redis_server, prefix: str, tmp_path: Path) -> LiveServer:
     settings = AppSettings(
         redis_url=redis_server.url, redis_prefix=prefix, celery_queue=f"{prefix}-q",
-        auth_disabled=True, log_json=False,
+        auth_disabled=True, log_json=False, allowed_targets=[str(tmp_path)],
     )
     with LiveServer(create_app(settings, enqueue=RecordingEnqueuer()), free_port()) as server:
         yield server
@@ -77,6 +77,34 @@ def test_the_job_id_in_a_page_url_is_escaped_or_refused(open_server: LiveServer)
         assert client.get("/ui/jobs/%3Cb%3Ex").status_code == 422  # not an id: no page
         page = client.get("/ui/jobs/abc_DEF-123").text
         assert 'data-job-id="abc_DEF-123"' in page
+
+
+def test_the_jobs_list_pages_newest_first(open_server: LiveServer, browser, tmp_path: Path):
+    target = str(tmp_path / "datasets")
+    with httpx.Client(base_url=open_server.url) as client:
+        ids = []
+        for n in range(23):
+            response = client.post("/v1/jobs", json={"source_table": f"db.t{n}", "target": target})
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["id"])
+    from playwright.sync_api import expect  # (the browser fixture requires playwright)
+
+    context = browser.new_context(viewport={"width": 1360, "height": 700})
+    page = context.new_page()
+    try:
+        page.goto(f"{open_server.url}/ui/jobs")
+        rows = page.locator("#jobs-body tr")
+        page.wait_for_selector("#jobs-body tr >> nth=19")
+        assert rows.first.get_attribute("data-job-id") == ids[-1]  # newest first
+        page.click("#older")
+        page.wait_for_selector("#page-label:has-text('page 2')")
+        expect(rows).to_have_count(3)  # (wait_for_function would need 'unsafe-eval': refused)
+        assert [rows.nth(i).get_attribute("data-job-id") for i in range(3)] == ids[2::-1]
+        assert page.is_disabled("#older")
+        page.click("#newer")
+        expect(rows).to_have_count(20)
+    finally:
+        context.close()
 
 
 def test_the_console_works_with_auth_disabled(open_server: LiveServer, browser, tmp_path: Path):
