@@ -10,7 +10,7 @@ can act with it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -18,6 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from app.schemas import JobCreate
 from mdsloader.mds.hashing import supported_hashes
 from worker.jobs import JobState
 
@@ -69,4 +70,11 @@ def submit_page(request: Request) -> HTMLResponse:
         script="submit.js",
         compressions=["zstd", "zstd:3", "zstd:7", "gz", "bz2", "br", "snappy"],
         hashes=sorted(supported_hashes()),
+        modes=_choices("mode"),
+        null_policies=_choices("null_policy"),
     )
+
+
+def _choices(field: str) -> list[str]:
+    """The values the API accepts for a ``Literal`` field of the request (the form offers them)."""
+    return [str(value) for value in get_args(JobCreate.model_fields[field].annotation)]
