@@ -320,3 +320,46 @@ def test_another_principals_dataset_is_not_found(
 def test_whoami_names_the_legacy_token_principal(client: TestClient) -> None:
     me = client.get("/v1/whoami", headers=AUTH).json()
     assert me["name"].startswith("token:") and me["admin"] is True
+
+
+def test_unreachable_storage_is_503(
+    client: TestClient, store: RedisJobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import free_port
+
+    # Nothing listens on this port: the dataset's store cannot be reached.
+    monkeypatch.setenv("S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    for name, value in (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    response = client.post(
+        "/v1/jobs", json={"source_table": "db.events", "target": "s3://datasets/ok/x"}
+    )
+    job_id = response.json()["id"]
+    store.transition(job_id, JobState.RUNNING, expected={JobState.QUEUED})
+    store.transition(
+        job_id, JobState.SUCCEEDED, expected={JobState.RUNNING},
+        mutate=lambda r: setattr(r, "result", JobResult(
+            index_url="s3://datasets/ok/x/index.json", samples=1, shards=1, raw_bytes=1,
+            zip_bytes=0, columns={"x": "int64"})),
+    )
+    body = assert_problem(client.get(f"/v1/jobs/{job_id}/dataset"), 503, "storage_unavailable")
+    assert job_id in body["detail"] and "s3://datasets/ok/x" in body["detail"]
+
+
+def test_preview_values_are_json_safe_and_short() -> None:
+    from app.preview import json_safe
+
+    assert json_safe(float("inf"), "float64") == "inf"
+    assert json_safe(np.float32("nan"), "float32") == "nan"
+    assert json_safe(np.bool_(True), "uint8") is True
+    assert json_safe(Decimal("1.50"), "str_decimal") == "1.50"
+    document = {"values": list(range(200))}
+    short = json_safe(document, "json")
+    assert short["type"] == "json" and short["truncated"] and len(short["head"]) == MAX_STR
+    assert json_safe({"x": float("nan")}, "json")["type"] == "json"  # NaN is not JSON
+    assert json_safe([1, 2], "json") == [1, 2]
+    big = json_safe(np.zeros((1000, 1000), np.float64), "ndarray:float64")
+    assert big == {"type": "ndarray", "dtype": "float64", "shape": [1000, 1000],
+                   "head": [0.0] * 8, "truncated": True}
+    json.dumps([json_safe(v, "bytes") for v in (b"", b"\x00" * 100)], allow_nan=False)
