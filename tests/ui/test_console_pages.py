@@ -72,6 +72,16 @@ def test_no_inline_script_style_or_event_handler(open_server: LiveServer) -> Non
         assert "insertAdjacentHTML" not in text and "document.write" not in text, source.name
 
 
+def test_the_token_field_can_never_go_into_a_url(open_server: LiveServer) -> None:
+    # Were the page's script not to run, a GET form would put the token in the URL (and so in
+    # access logs and history); a POST form puts it in a body that nothing logs.
+    with httpx.Client(base_url=open_server.url) as client:
+        html = client.get("/ui/signin").text
+    form = re.search(r"<form[^>]*id=\"signin-form\"[^>]*>", html).group(0)
+    assert 'method="post"' in form
+    assert re.search(r'<input[^>]*type="password"[^>]*autocomplete="off"', html)
+
+
 def test_the_job_id_in_a_page_url_is_escaped_or_refused(open_server: LiveServer) -> None:
     with httpx.Client(base_url=open_server.url) as client:
         assert client.get("/ui/jobs/%3Cb%3Ex").status_code == 422  # not an id: no page
