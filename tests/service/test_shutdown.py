@@ -58,19 +58,23 @@ def api(env) -> Iterator:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_job_hands_it_back_and_another_worker_finishes_it(env, api) -> None:
+@pytest.mark.parametrize("pool", ["solo", "prefork"])
+def test_sigterm_mid_job_hands_it_back_and_another_worker_finishes_it(env, api, pool) -> None:
     from mdsloader.storage import open_storage
     from tests.service.test_end_to_end import wait_for_written_shard, write_source
 
-    source = write_source(env.base / "big", 40_000, files=8, pad=400)
+    source = write_source(env.base / "big", 24_000, files=8, pad=400)
     target = f"{env.bucket}/handed-back"
     extra = {"WORKER_SHUTDOWN_TIMEOUT": "25", "WORKER_HOUSEKEEPING_INTERVAL": "0"}
-    first = PoolWorker(env.worker_env("first", **extra), env.base / "first.log", "first").start()
+    # prefork: the task runs in a pool child, which the main process tells with SIGUSR2.
+    first = PoolWorker(
+        env.worker_env("first", **extra), env.base / "first.log", "first", pool=pool
+    ).start()
     second = None
     try:
         job = api.post(
             "/v1/jobs",
-            json={"source_table": source, "target": target, "partitions": 32,
+            json={"source_table": source, "target": target, "partitions": 24,
                   "compression": "gz:9"},
         ).json()
         wait_for_written_shard(api, job["id"], target, first)
@@ -100,7 +104,7 @@ def test_sigterm_mid_job_hands_it_back_and_another_worker_finishes_it(env, api) 
     signalled = time.time() - (time.monotonic() - asked)
     assert restarted - signalled < 15, f"restarted {restarted - signalled:.1f}s after SIGTERM"
     assert '"job.handed_back"' in first.log_tail(40_000)
-    assert done["result"]["samples"] == 40_000
+    assert done["result"]["samples"] == 24_000
     storage = open_storage(target)
     assert set(storage.list("")) == published_files(storage), "files left by the first attempt"
     metrics = api.get("/metrics").text
