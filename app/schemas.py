@@ -77,7 +77,7 @@ class JobCreate(BaseModel):
     size_limit: SizeLimit = 1 << 26
     columns: dict[str, str | None] | None = None
     partitions: int | None = Field(None, ge=1, le=MAX_PARTITIONS)
-    mode: Literal["error", "overwrite"] = "error"
+    mode: Literal["error", "overwrite", "append"] = "error"
     null_policy: Literal["error", "skip", "fill"] = "error"
     fill_values: dict[str, str | int | float | bool | list[Any] | dict[str, Any]] = Field(
         default_factory=dict, max_length=1024

@@ -113,7 +113,7 @@ class JobRequest(_Model):
     size_limit: int = 1 << 26
     columns: dict[str, str | None] | None = None
     partitions: int | None = None
-    mode: Literal["error", "overwrite"] = "error"
+    mode: Literal["error", "overwrite", "append"] = "error"
     # MDS has no null: nulls fail the job unless the request skips those rows or fills them.
     null_policy: Literal["error", "skip", "fill"] = "error"
     fill_values: dict[str, Any] = Field(default_factory=dict)
@@ -148,6 +148,9 @@ class JobResult(_Model):
     columns: dict[str, str]
     read_path: str | None = None  # "direct" (pyarrow on the executors) or "spark" (mapInArrow)
     read_path_reason: str | None = None
+    # mode "append": what the job added (samples and shards above are the new totals).
+    added_samples: int | None = None
+    added_shards: int | None = None
 
 
 class JobError(_Model):

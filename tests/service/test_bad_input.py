@@ -53,7 +53,7 @@ BAD_FIELDS = [
     ({**BODY, "partitions": "8"}, "partitions", "int_type"),  # strict: no string -> number
     ({**BODY, "partitions": 8.0}, "partitions", "int_type"),
     ({**BODY, "compression": 7}, "compression", "string_type"),  # nor number -> string
-    ({**BODY, "mode": "append"}, "mode", "literal_error"),
+    ({**BODY, "mode": "merge"}, "mode", "literal_error"),
     ({**BODY, "null_policy": "drop"}, "null_policy", "literal_error"),
     ({**BODY, "target": "ftp://host/x"}, "target", "invalid_request"),
     ({**BODY, "target": "relative/path"}, "target", "invalid_request"),

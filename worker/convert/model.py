@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 NullPolicy = Literal["error", "skip", "fill"]
-Mode = Literal["error", "overwrite"]
+Mode = Literal["error", "overwrite", "append"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,4 +60,7 @@ class ConversionResult:
     zip_bytes: int
     columns: dict[str, str]
     read_path: str | None = None  # "direct" or "spark", see ConversionProgress
+    # mode="append": what this run added (samples and shards are the new totals).
+    added_samples: int | None = None
+    added_shards: int | None = None
     read_path_reason: str | None = None  # why that path (why not the direct one)

@@ -31,7 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from mdsloader.errors import MDSError
 from mdsloader.mds.compression import get_codec
 from mdsloader.mds.hashing import check_hash_names
-from mdsloader.mds.index import parse_index
+from mdsloader.mds.index import Index, parse_index
 from mdsloader.storage import Storage, open_storage
 from worker.convert.direct_plan import DirectPlan, NotDirect, plan_direct_read
 from worker.convert.direct_read import DirectPartitionWriter
@@ -167,7 +167,7 @@ def _prepare(
     run_id: str | None,
 ) -> _Request:
     """Every check that can fail before anything is written."""
-    if mode not in ("error", "overwrite"):
+    if mode not in ("error", "overwrite", "append"):
         raise PermanentConversionError(f"unknown mode {mode!r}", code="invalid_request")
     if not 0 < int(size_limit) <= MAX_SIZE_LIMIT:
         raise PermanentConversionError(
@@ -183,6 +183,8 @@ def _prepare(
     run_dir = check_run_dir(run_id or f"run-{uuid.uuid4().hex[:16]}")
     publisher = Publisher(storage, run_dir, mode)
     publisher.check_target()
+    if mode == "append" and publisher.previous is not None and publisher.previous.shards:
+        check_appendable(publisher.previous, mds_columns(plans), storage.child_url(INDEX))
     options = WriteOptions(
         run_url=storage.child_url(run_dir), plans=tuple(plans), compression=compression,
         hashes=hash_names, size_limit=int(size_limit),
@@ -339,16 +341,43 @@ def _publish(request: _Request, written: _Written) -> ConversionResult:
     except BaseException:
         request.publisher.discard()
         raise
+    added = None
+    if request.publisher.mode == "append":
+        kept = request.publisher.previous.shards if request.publisher.previous else ()
+        added = index.shards[len(kept) :]
     return ConversionResult(
         index_url=request.storage.child_url(INDEX),
         samples=index.num_samples,
         shards=len(index.shards),
+        added_samples=None if added is None else sum(s.samples for s in added),
+        added_shards=None if added is None else len(added),
         raw_bytes=sum(shard.raw_data.bytes for shard in index.shards),
         zip_bytes=sum(shard.file.bytes for shard in index.shards),
         columns=mds_columns(request.plans),
         read_path=written.read_path,
         read_path_reason=written.reason,
     )
+
+
+def check_appendable(previous: Index, columns: Mapping[str, str], where: str) -> None:
+    """Refuse an append whose columns or encodings differ from the dataset's, naming each
+    difference (before anything is written)."""
+    first = previous.shards[0]
+    existing = dict(zip(first.column_names, first.column_encodings))
+    problems = [
+        f"column {name!r} is not in the dataset" for name in columns if name not in existing
+    ]
+    problems += [f"column {name!r} of the dataset is missing" for name in existing
+                 if name not in columns]  # fmt: skip
+    problems += [
+        f"column {name!r} would be {columns[name]!r}, the dataset has {existing[name]!r}"
+        for name in columns
+        if name in existing and columns[name] != existing[name]
+    ]
+    if problems:
+        raise PermanentConversionError(
+            f"cannot append to {where}: " + "; ".join(problems), code="append_mismatch"
+        )
 
 
 def _abandon(monitor: JobMonitor, publisher: Publisher) -> None:

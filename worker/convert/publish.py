@@ -7,6 +7,9 @@ Layout of a published dataset::
     <target>/<run dir>/<partition>/index.json  (each partition's own index, as the reference keeps)
 
 ``mode="overwrite"`` writes the new run beside the old one and swaps ``index.json`` in one write.
+``mode="append"`` writes the new run beside the existing ones and publishes one ``index.json``
+listing the existing shards first (same order, so every old sample keeps its id) and then the new
+ones; nothing of the old dataset is retired, so readers of the old index are never affected.
 The write is conditional (``worker.convert.conditional``): it replaces only the index that
 :meth:`Publisher.check_target` read, and creates a new one only where there was none, so a writer
 that lost its target lease cannot silently replace another job's dataset.
@@ -73,6 +76,14 @@ class Publisher:
             self.previous = parse_index(data, source=self.storage.child_url(INDEX))
         except IndexFormatError:
             self.previous = Index()  # unreadable: replaced wholesale, nothing to clean up
+        if self.mode == "append":
+            # A redelivered append that had already published lists its own run last: keep
+            # only what came before it, so publishing again gives the same index.
+            prefix = f"{self.run_dir}/"
+            self.previous = Index(
+                tuple(s for s in self.previous.shards if not s.file.basename.startswith(prefix))
+            )
+            return
         if self.mode == "error" and not self._is_own(self.previous):
             raise TargetExistsConversionError(
                 f"{self.storage.child_url(INDEX)} already exists; "
@@ -84,6 +95,10 @@ class Publisher:
         ordered = sorted((o for o in outputs if o.index.shards), key=lambda o: o.partition)
         index = merge_shards([(self._part_path(o.partition), o.index) for o in ordered])
         self._remove_orphans(index, {o.partition for o in ordered})
+        if self.mode == "append" and self.previous is not None:
+            index = Index(self.previous.shards + index.shards)
+            self._commit(index)
+            return index  # nothing is replaced: no generation to retire
         self._commit(index)
         try:
             self._remove_previous(index)
