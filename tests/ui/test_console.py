@@ -160,8 +160,9 @@ def test_field_errors_for_bad_input(console: Console, page, tmp_path: Path) -> N
     page.fill("#f-hashes", "xxh64, nope")
     page.fill("#f-partitions", "0")
     page.fill("#f-columns", '{"id": "int128"}')
+    page.fill("#f-filter", '[{"column": "id", "op": "~", "value": 1}]')
     page.click("#submit-button")
-    for field in ("source_table", "compression", "hashes", "partitions", "columns"):
+    for field in ("source_table", "compression", "hashes", "partitions", "columns", "filter"):
         page.wait_for_selector(f"#err-{field}:visible")
         assert page.get_attribute(f"#f-{field}", "aria-invalid") == "true"
     assert page.is_hidden("#err-target")
@@ -174,7 +175,8 @@ def test_field_errors_for_bad_input(console: Console, page, tmp_path: Path) -> N
 
     # Valid input, but outside the principal's targets: refused beside the target field.
     for field, value in (("source_table", console.source), ("compression", "zstd"),
-                         ("hashes", "xxh64"), ("partitions", ""), ("columns", "")):
+                         ("hashes", "xxh64"), ("partitions", ""), ("columns", ""),
+                         ("filter", "")):
         page.fill(f"#f-{field}", value)
     page.fill("#f-target", f"{console.bucket}/bob/not-mine")
     page.click("#submit-button")

@@ -34,6 +34,8 @@ function showRequest(job) {
     ["mode", r.mode],
     ["nulls", r.null_policy],
     ["columns", r.columns ? JSON.stringify(r.columns) : "all (inferred)"],
+    ["filter", r.filter ? JSON.stringify(r.filter) : "none"],
+    ["callback", r.callback_url ?? "none"],
     ["principal", job.principal ?? "–"],
     ["created", fmtTime(job.created_at)],
   ]);

@@ -6,7 +6,7 @@ const form = document.getElementById("submit-form");
 const formError = document.getElementById("form-error");
 const FIELDS = [
   "source_table", "target", "compression", "hashes", "size_limit", "partitions", "mode",
-  "null_policy", "columns", "fill_values",
+  "null_policy", "columns", "fill_values", "filter", "callback_url",
 ];
 // Refusals that concern one field though they are not validation errors.
 const CODE_FIELD = { source_not_allowed: "source_table", target_not_allowed: "target" };
@@ -50,6 +50,9 @@ function body(errors) {
   if (columns !== undefined) request.columns = columns;
   const fills = parseJson("fill_values", errors);
   if (fills !== undefined) request.fill_values = fills;
+  const filter = parseJson("filter", errors);
+  if (filter !== undefined) request.filter = filter;
+  if (v("callback_url")) request.callback_url = v("callback_url");
   return request;
 }
 
