@@ -19,7 +19,7 @@ from mdsloader.mds.compression import get_codec
 from mdsloader.mds.encodings import validate_encoding
 from mdsloader.mds.hashing import check_hash_names
 from worker.convert.identifiers import validate_table_identifier
-from worker.convert.rowspec import RowFilter
+from worker.convert.rowspec import RowFilter, Splits
 from worker.errors import InvalidSourceError
 from worker.jobs import JobRecord, JobRequest
 
@@ -87,6 +87,11 @@ class JobCreate(BaseModel):
         min_length=1,
         max_length=2048,
         description="POSTed the job (HMAC-signed) when it reaches a final state",
+    )
+    splits: Splits | None = Field(
+        None,
+        description='one dataset per part under <target>/<part>/, e.g. {"by": "id", "seed": 7, '
+        '"parts": {"train": 0.98, "val": 0.02}}: a stable hash of the by columns picks the part',
     )
     filter: RowFilter | None = Field(
         None,

@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.convert.rowspec import Condition
+from worker.convert.rowspec import Condition, Splits
 
 
 class JobState(StrEnum):
@@ -121,6 +121,8 @@ class JobRequest(_Model):
     filter: list[Condition] | None = None
     # POSTed the job when it reaches a final state (see worker.callbacks).
     callback_url: str | None = None
+    # One dataset per part under <target>/<part>/, rows assigned by a stable hash.
+    splits: Splits | None = None
 
     def fingerprint(self) -> str:
         """A digest of the normalised request, to compare idempotent submissions."""
@@ -151,6 +153,9 @@ class JobResult(_Model):
     # mode "append": what the job added (samples and shards above are the new totals).
     added_samples: int | None = None
     added_shards: int | None = None
+    # splits: each part's result (index_url, samples, shards, raw_bytes, zip_bytes, added_*);
+    # index_url above is then the target root holding the parts, and the counts are totals.
+    splits: dict[str, dict[str, Any]] | None = None
 
 
 class JobError(_Model):

@@ -89,6 +89,7 @@ def spec_for(record: JobRecord) -> ConversionSpec:
         fill_values=dict(request.fill_values),
         run_id=record.id,
         filter=tuple(request.filter or ()),
+        splits=request.splits,
     )
 
 

@@ -32,6 +32,8 @@ class ConversionSpec:
     run_id: str | None = None
     # Row filter conditions (worker.convert.rowspec.Condition), all of which must hold.
     filter: tuple[Any, ...] = ()
+    # worker.convert.rowspec.Splits: one dataset per part under <target>/<part name>/.
+    splits: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,4 +65,7 @@ class ConversionResult:
     # mode="append": what this run added (samples and shards are the new totals).
     added_samples: int | None = None
     added_shards: int | None = None
+    # With splits: each part's own result (index_url, samples, shards, ...); the fields above
+    # are then totals and index_url is the target root that holds the parts.
+    splits: dict[str, dict[str, Any]] | None = None
     read_path_reason: str | None = None  # why that path (why not the direct one)

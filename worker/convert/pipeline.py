@@ -42,7 +42,7 @@ from worker.convert.nulls import NullCounts, apply_null_policy, null_error
 from worker.convert.partitions import RESULT_SCHEMA, PartitionWriter, WriteOptions
 from worker.convert.progress import JobMonitor, ProgressCallback
 from worker.convert.publish import INDEX, PartitionOutput, Publisher, check_run_dir
-from worker.convert.row_select import apply_filter
+from worker.convert.row_select import apply_filter, split_frames
 from worker.convert.schema import ColumnPlan, mds_columns, plan_columns, projection
 from worker.convert.source import resolve_source
 from worker.errors import ConversionCancelled, ConversionError, PermanentConversionError
@@ -97,6 +97,8 @@ def convert_table(
                           spec.filter)
     except Exception as exc:
         raise to_conversion_error(exc) from exc
+    if spec.splits is not None:
+        return convert_splits(df, spec, progress=progress, cancel=cancel)
     return dataframe_to_mds(
         df, spec.target, columns=spec.columns, compression=spec.compression, hashes=spec.hashes,
         size_limit=spec.size_limit, partitions=spec.partitions, mode=spec.mode,
@@ -331,13 +333,13 @@ def _outputs(collected: list[Mapping[str, Any]]) -> list[PartitionOutput]:
     ]
 
 
-def _publish(request: _Request, written: _Written) -> ConversionResult:
+def _publish(request: _Request, written: _Written, *, retire: bool = True) -> ConversionResult:
     outputs = _outputs(written.rows)
     if sum(o.rows for o in outputs) == 0:
         request.publisher.discard()
         raise PermanentConversionError("the source has no rows to convert", code="empty_source")
     try:
-        index = request.publisher.publish(outputs)
+        index = request.publisher.publish(outputs, retire=retire)
     except BaseException:
         request.publisher.discard()
         raise
@@ -357,6 +359,89 @@ def _publish(request: _Request, written: _Written) -> ConversionResult:
         read_path=written.read_path,
         read_path_reason=written.reason,
     )
+
+
+def convert_splits(
+    df: DataFrame,
+    spec: ConversionSpec,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> ConversionResult:
+    """Convert each part of ``spec.splits`` into its own dataset under ``<target>/<part>/``.
+
+    Every part is checked, then written, and only then published, so a failure before the
+    publications publishes nothing. The publications are one write per part; if one of them
+    fails, the parts already published are put back as they were (their replaced generations
+    are retired only once every part is published).
+    """
+    root = open_storage(spec.target)
+    parts = split_frames(df, spec.splits)
+    requests: dict[str, _Request] = {}
+    written: dict[str, _Written] = {}
+    policy = _NullPolicy(spec.null_policy, dict(spec.fill_values))
+    try:
+        for name, frame in parts.items():
+            requests[name] = _prepare(
+                frame, root.child_url(name), spec.columns, spec.compression, spec.hashes,
+                spec.size_limit, spec.mode, spec.run_id,
+            )  # fmt: skip
+        for name, frame in parts.items():
+            _check_cancel(cancel)
+            written[name] = _run_jobs(
+                frame, requests[name], policy, spec.partitions, progress, cancel, "auto"
+            )
+        empty = [name for name in parts if not sum(int(r["rows"]) for r in written[name].rows)]
+        if empty:
+            raise PermanentConversionError(
+                f"split part(s) {', '.join(map(repr, empty))} received no rows; nothing was "
+                "published (a smaller table needs larger shares)",
+                code="empty_source",
+            )
+    except BaseException as exc:
+        for request in requests.values():
+            request.publisher.discard()
+        if isinstance(exc, ConversionError | KeyboardInterrupt | SystemExit):
+            raise
+        raise to_conversion_error(exc) from exc
+    results: dict[str, ConversionResult] = {}
+    try:
+        for name in parts:
+            results[name] = _publish(requests[name], written[name], retire=False)
+    except BaseException:
+        for name in results:
+            requests[name].publisher.rollback()
+        for request in requests.values():
+            request.publisher.discard()
+        raise
+    for request in requests.values():
+        request.publisher.retire_previous()
+    return _combined(root.url, results)
+
+
+def _combined(root: str, results: Mapping[str, ConversionResult]) -> ConversionResult:
+    first = next(iter(results.values()))
+    appended = all(r.added_samples is not None for r in results.values())
+    return ConversionResult(
+        index_url=root,
+        samples=sum(r.samples for r in results.values()),
+        shards=sum(r.shards for r in results.values()),
+        raw_bytes=sum(r.raw_bytes for r in results.values()),
+        zip_bytes=sum(r.zip_bytes for r in results.values()),
+        columns=first.columns,
+        read_path=first.read_path,
+        read_path_reason=first.read_path_reason,
+        added_samples=sum(r.added_samples or 0 for r in results.values()) if appended else None,
+        added_shards=sum(r.added_shards or 0 for r in results.values()) if appended else None,
+        splits={
+            name: {
+                "index_url": r.index_url, "samples": r.samples, "shards": r.shards,
+                "raw_bytes": r.raw_bytes, "zip_bytes": r.zip_bytes,
+                "added_samples": r.added_samples, "added_shards": r.added_shards,
+            }
+            for name, r in results.items()
+        },
+    )  # fmt: skip
 
 
 def check_appendable(previous: Index, columns: Mapping[str, str], where: str) -> None:

@@ -58,6 +58,7 @@ class Publisher:
         self.mode = mode
         self.previous: Index | None = None
         self.seen = IndexVersion(None)  # the index.json that check_target read (for the commit)
+        self.published: Index | None = None
 
     def check_target(self) -> None:
         """Refuse an existing dataset under ``mode="error"``; remember it for ``overwrite``.
@@ -90,21 +91,46 @@ class Publisher:
                 "use mode='overwrite' to replace it"
             )
 
-    def publish(self, outputs: list[PartitionOutput]) -> Index:
-        """Merge in partition order, remove orphans, write index.json, then drop the old run."""
+    def publish(self, outputs: list[PartitionOutput], *, retire: bool = True) -> Index:
+        """Merge in partition order, remove orphans, write index.json, then drop the old run.
+
+        ``retire=False`` leaves the replaced generation alone: a caller publishing several
+        datasets as one (splits) retires each with :meth:`retire_previous` once all are
+        published, and may :meth:`rollback` the published ones if a later one fails.
+        """
         ordered = sorted((o for o in outputs if o.index.shards), key=lambda o: o.partition)
         index = merge_shards([(self._part_path(o.partition), o.index) for o in ordered])
         self._remove_orphans(index, {o.partition for o in ordered})
         if self.mode == "append" and self.previous is not None:
             index = Index(self.previous.shards + index.shards)
             self._commit(index)
+            self.published = index
             return index  # nothing is replaced: no generation to retire
         self._commit(index)
+        self.published = index
+        if retire:
+            self.retire_previous()
+        return index
+
+    def retire_previous(self) -> None:
+        """Retire the generation the published index replaced (best effort)."""
+        if self.published is None or self.mode == "append":
+            return
         try:
-            self._remove_previous(index)
+            self._remove_previous(self.published)
         except Exception:  # the new dataset is live; old files left behind are only garbage
             log.exception("conversion.previous_run_cleanup_failed")
-        return index
+
+    def rollback(self) -> None:
+        """Put back the index.json that was there before :meth:`publish` (none: remove it).
+        Only for a publication whose previous generation was not retired yet."""
+        if self.published is None:
+            return
+        if self.seen.data is None:
+            self.storage.delete(INDEX)
+        else:
+            self.storage.write_bytes(INDEX, self.seen.data)
+        self.published = None
 
     def _commit(self, index: Index) -> None:
         """Write index.json in one conditional PUT/rename. If the write reports a failure but the
