@@ -60,6 +60,7 @@ def test_submit_returns_202_with_location_and_normalised_request(client, enqueue
         "fill_values": {},
         "filter": None,
         "callback_url": None,
+        "splits": None,
     }
     assert job["progress"]["rows_written"] == 0
     assert job["result"] is None and job["error"] is None and job["finished_at"] is None

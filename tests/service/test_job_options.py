@@ -47,3 +47,29 @@ def test_a_malformed_filter_is_refused_at_submission(client, store, conditions) 
     problem = assert_problem(response, 422, "invalid_request")
     assert problem["errors"][0]["field"].startswith("filter")
     assert_no_job(store)
+
+
+def test_splits_and_append_are_stored_with_the_job(client) -> None:
+    splits = {"by": ["user", "day"], "seed": 7, "parts": {"train": 0.98, "val": 0.02}}
+    response = client.post("/v1/jobs", json={**BODY, "mode": "append", "splits": splits})
+    assert response.status_code == 202, response.text
+    request = response.json()["request"]
+    assert request["mode"] == "append" and request["splits"] == splits
+
+
+@pytest.mark.parametrize(
+    "splits",
+    [
+        {"by": "id", "parts": {"train": 0.9}},
+        {"by": "id", "parts": {"train": 0.9, "val": 0.2}},
+        {"by": "id", "parts": {"train": 0.5, "../val": 0.5}},
+        {"by": "id", "seed": "7", "parts": {"a": 0.5, "b": 0.5}},
+        {"by": [], "parts": {"a": 0.5, "b": 0.5}},
+        {"parts": {"a": 0.5, "b": 0.5}},
+    ],
+)
+def test_malformed_splits_are_refused_at_submission(client, store, splits) -> None:
+    response = client.post("/v1/jobs", json={**BODY, "splits": splits})
+    problem = assert_problem(response, 422, "invalid_request")
+    assert problem["errors"][0]["field"].startswith("splits")
+    assert_no_job(store)
