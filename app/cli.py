@@ -59,6 +59,18 @@ def _columns(pairs: Sequence[str]) -> dict[str, str | None] | None:
     return columns
 
 
+def _json_arg(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(f"{option} must be JSON: {exc}") from None
+
+
+def _json_list(text: str, option: str) -> list[Any]:
+    value = _json_arg(text, option)
+    return value if isinstance(value, list) else [value]
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
         "source_table": args.source_table,
@@ -72,6 +84,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["columns"] = _columns(args.column)
     if args.partitions:
         body["partitions"] = args.partitions
+    if args.filter:
+        body["filter"] = [c for text in args.filter for c in _json_list(text, "--filter")]
+    if args.splits:
+        body["splits"] = _json_arg(args.splits, "--splits")
+    if args.callback_url:
+        body["callback_url"] = args.callback_url
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
     job = _call(args, "POST", "/v1/jobs", json=body, headers=headers)
     if args.wait:
@@ -313,7 +331,19 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--size-limit", default="64mb")
     submit.add_argument("--column", action="append", metavar="NAME[=ENCODING]")
     submit.add_argument("--partitions", type=int)
-    submit.add_argument("--mode", choices=["error", "overwrite"], default="error")
+    submit.add_argument("--mode", choices=["error", "overwrite", "append"], default="error")
+    submit.add_argument(
+        "--filter",
+        action="append",
+        metavar="JSON",
+        help='a condition or a list, e.g. \'{"column": "day", "op": ">=", "value": "2024-01-01"}\'',
+    )
+    submit.add_argument(
+        "--splits",
+        metavar="JSON",
+        help='e.g. \'{"by": "id", "parts": {"train": 0.9, "val": 0.1}}\'',
+    )
+    submit.add_argument("--callback-url", help="POSTed the job when it finishes")
     submit.add_argument("--idempotency-key")
     submit.add_argument("--wait", action="store_true", help="wait with a progress bar")
     submit.set_defaults(func=cmd_submit)

@@ -121,3 +121,21 @@ def test_parser_has_service_commands() -> None:
     assert parser.parse_args(["serve", "--port", "9000"]).port == 9000
     assert parser.parse_args(["worker", "--pool", "solo"]).pool == "solo"
     assert parser.parse_args(["worker-ping"]).command == "worker-ping"
+
+
+def test_submit_with_filter_splits_append_and_callback(cli, app_settings) -> None:
+    code, out, err = cli(
+        "submit", "sales.events", "s3://datasets/ok/y", "--mode", "append", "--json",
+        "--filter", '{"column": "day", "op": ">=", "value": "2024-01-01"}',
+        "--filter", '[{"column": "country", "op": "in", "value": ["FR"]}]',
+        "--splits", '{"by": "id", "seed": 3, "parts": {"train": 0.9, "val": 0.1}}',
+    )  # fmt: skip
+    assert code == 0, err
+    request = json.loads(out)["request"]
+    assert request["mode"] == "append" and request["splits"]["seed"] == 3
+    assert [c["column"] for c in request["filter"]] == ["day", "country"]
+    # Callbacks are not configured on this API: refused with the reason.
+    code, _, err = cli("submit", "a.b", "s3://datasets/ok/z", "--callback-url", "http://x/h")
+    assert code == 2 and "not configured" in err
+    code, _, err = cli("submit", "a.b", "s3://datasets/ok/z", "--filter", "{not json")
+    assert code == 2 and "--filter must be JSON" in err
