@@ -310,11 +310,12 @@ class Stream:
                 ) from exc
         try:
             remote = self.storage.read_bytes(INDEX_BASENAME)
-        except ObjectNotFoundError:
+        except ObjectNotFoundError as missing:
             try:
                 cached = path.read_bytes()
             except FileNotFoundError:
-                raise  # the remote's error: it names where the index was looked for
+                # The remote's error, not the cache's: it names where the index was looked for.
+                raise missing from None
             _log.warning(
                 "%s has no %s; using the cached copy %s", self.remote_url, INDEX_BASENAME, path
             )

@@ -219,11 +219,14 @@ def test_a_silent_server_fails_the_dataset_within_its_timeout(
 
 
 def test_a_missing_dataset_is_not_found(remote: Remote, tmp_path: Path) -> None:
-    # FileNotFoundError, the reference's type (our ObjectNotFoundError is one). Stream.fetch_index
-    # currently re-raises its local miss rather than the remote's error (reported to the lead).
-    with pytest.raises(FileNotFoundError, match=r"index\.json"):
+    # The remote's error (an ObjectNotFoundError, which is also the reference's
+    # FileNotFoundError), naming the remote, not the cache's local miss.
+    from mdsloader.errors import ObjectNotFoundError
+
+    with pytest.raises(ObjectNotFoundError, match=r"nothing-here/index\.json") as info:
         StreamingDataset(remote=f"{remote.ours}/nothing-here", local=str(tmp_path / "c"),
                          batch_size=1, download_retry=3)  # fmt: skip
+    assert isinstance(info.value, FileNotFoundError)
 
 
 def test_the_worker_publishes_conditionally_on_azure(azure_env: str) -> None:
