@@ -28,6 +28,7 @@ import numpy as np
 from mdsloader.ordering.sampling import StreamSpec
 from mdsloader.ordering.streamwise import (
     full_rows,
+    speaks,
     stream_epoch,
     stream_proportions,
     traversal,
@@ -60,8 +61,9 @@ def _epoch_rng(settings: OrderSettings, epoch: int) -> np.random.Generator:
     return np.random.default_rng(settings.shuffle_seed + epoch if change else settings.shuffle_seed)
 
 
-def _resumption_warning(method: str, sample_in_epoch: int, global_batch: int) -> None:
-    if sample_in_epoch % global_batch:
+def _resumption_warning(method: str, sample_in_epoch: int, global_batch: int,
+                        topology: Topology) -> None:
+    if sample_in_epoch % global_batch and speaks(topology):
         logger.warning("Because of the `%s` batching method, resumption may only occur on a "
                        "sample that is a multiple of the current global batch size of %d. "
                        "Resuming training after the most recently finished global batch.",
@@ -89,7 +91,7 @@ def per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: Sequenc
     for index, part in enumerate(parts):
         batches = traversal(part).reshape(-1, global_batch)
         full = full_rows(batches)
-        if full != len(batches):
+        if full != len(batches) and speaks(topology):
             logger.warning("Because of the `per_stream` batching method, some batches with an "
                            "inadequate number of samples from stream with index %d will be "
                            "dropped.", index)
@@ -123,7 +125,8 @@ def device_per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: 
                      proportion=float(proportions[index]))
         for index in range(len(streams))
     ]
-    per_node = [_node_device_batches(parts, node, ncn // nodes, batch) for node in range(nodes)]
+    per_node = [_node_device_batches(parts, node, ncn // nodes, batch, speaks(topology))
+                for node in range(nodes)]
     # Each node's list is padded to a common multiple of the device count (a whole extra round
     # when it already divides, as in the reference; the padding is never yielded).
     longest = max(sum(len(r) for r in rows) for rows in per_node)
@@ -136,8 +139,8 @@ def device_per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: 
     return dealt.reshape(-1, devices * batch)
 
 
-def _node_device_batches(parts: list[np.ndarray], node: int, share: int,
-                         batch: int) -> list[np.ndarray]:
+def _node_device_batches(parts: list[np.ndarray], node: int, share: int, batch: int,
+                         report: bool) -> list[np.ndarray]:
     """One node's full device batches of every stream, in training order."""
     rows = []
     for index, part in enumerate(parts):
@@ -145,7 +148,7 @@ def _node_device_batches(parts: list[np.ndarray], node: int, share: int,
         full = order.size // batch
         batches = order[:full * batch].reshape(full, batch)
         kept = full_rows(batches)
-        if kept != full or order.size % batch:
+        if (kept != full or order.size % batch) and report:
             logger.warning("Because of the `device_per_stream` batching method, some batches "
                            "with an inadequate number of samples from stream with index %d will "
                            "be dropped.", index)
@@ -166,5 +169,5 @@ def per_stream_worker_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequ
     batches = build(streams, choose_per_stream, settings, topology, epoch=epoch,
                     initial_physical_nodes=initial_physical_nodes)
     method = "device_per_stream" if device_level else "per_stream"
-    _resumption_warning(method, sample_in_epoch, batches.shape[1])
+    _resumption_warning(method, sample_in_epoch, batches.shape[1], topology)
     return worker_ids(batches, topology, settings.batch_size, sample_in_epoch)

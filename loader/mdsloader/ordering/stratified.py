@@ -26,6 +26,7 @@ import numpy as np
 from mdsloader.ordering.sampling import StreamSpec
 from mdsloader.ordering.streamwise import (
     full_rows,
+    speaks,
     stream_epoch,
     stream_proportions,
     traversal,
@@ -80,7 +81,7 @@ def stratified_batches(streams: Sequence[StreamSpec], choose_per_stream: Sequenc
         padded = np.full(-(-order.size // count) * count, -1, np.int64)
         padded[:order.size] = order
         rows = padded.reshape(-1, count)
-        if full_rows(rows) != len(rows):
+        if full_rows(rows) != len(rows) and speaks(topology):
             logger.warning("Because of the `stratified` batching method, some batches with an "
                            "inadequate number of samples from stream with index %d are being "
                            "dropped.", index)
@@ -96,7 +97,7 @@ def stratified_worker_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequ
     batches = stratified_batches(streams, choose_per_stream, settings, topology, epoch=epoch,
                                  initial_physical_nodes=initial_physical_nodes)
     global_batch = batches.shape[1]
-    if sample_in_epoch % global_batch:
+    if sample_in_epoch % global_batch and speaks(topology):
         warnings.warn(
             f"Because of the `stratified` batching method, resumption may only occur on a "
             f"sample that is a multiple of the current global batch size of {global_batch}. "

@@ -121,6 +121,15 @@ def stream_epoch(
     return part
 
 
+def speaks(topology: Topology) -> bool:
+    """Whether this worker reports on the epoch (dropped batches, inexact resumption).
+
+    Every worker builds the epoch here; the first worker of a node's first rank speaks for the
+    node, as the reference's local leader (the one process that builds it there) does.
+    """
+    return topology.rank_of_node == 0 and topology.worker == 0
+
+
 def traversal(part: np.ndarray) -> np.ndarray:
     """A 5-D partition flattened in training order: batch, worker, node, rank, slot."""
     return part.transpose(3, 2, 0, 1, 4).ravel()
