@@ -298,7 +298,7 @@ def test_fixed_device_per_stream_warns_only_when_it_drops(references, caplog):
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mdsloader"):
         batches = device_per_stream_batches(specs, exact, settings, topology, epoch=0,
-                                            initial_physical_nodes=None)
+                                            initial_physical_nodes=None).materialise()
         assert "dropped" not in caplog.text
         assert np.count_nonzero(batches != -1) == sum(exact)
         device_per_stream_batches(specs, [101, 260, 40], settings, topology, epoch=0,

@@ -27,12 +27,12 @@ import numpy as np
 
 from mdsloader.ordering.sampling import StreamSpec
 from mdsloader.ordering.streamwise import (
+    BatchGrid,
     full_rows,
     speaks,
     stream_epoch,
     stream_proportions,
     traversal,
-    worker_ids,
 )
 
 if TYPE_CHECKING:
@@ -41,19 +41,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def interleave(rows: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Concatenate the streams' batches in a random stream order, each stream's in its order.
+def interleave(counts: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """The order in which to read the streams' batches stacked in stream order.
 
-    One ``rng.shuffle`` of the origin list (stream ``i`` repeated ``len(rows[i])`` times), as the
-    reference draws it; the ``k``-th batch of stream ``i`` in the output is its ``k``-th batch.
+    One ``rng.shuffle`` of the origin list (stream ``i`` repeated ``counts[i]`` times), as the
+    reference draws it; the ``k``-th batch of stream ``i`` read is its ``k``-th batch.
     """
-    origins = np.concatenate([np.full(len(r), i, np.int64) for i, r in enumerate(rows)])
+    origins = np.concatenate([np.full(count, i, np.int64) for i, count in enumerate(counts)])
     rng.shuffle(origins)
     # A stable sort groups the output positions by stream, in order: the inverse of that
     # permutation numbers every stream's positions 0, 1, ... after the stream's offset.
     pick = np.empty(len(origins), np.int64)
     pick[np.argsort(origins, kind="stable")] = np.arange(len(origins))
-    return np.concatenate(rows)[pick]
+    return pick
 
 
 def _epoch_rng(settings: OrderSettings, epoch: int) -> np.random.Generator:
@@ -72,24 +72,26 @@ def _resumption_warning(method: str, sample_in_epoch: int, global_batch: int,
 
 def per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: Sequence[int],
                        settings: OrderSettings, topology: Topology, *, epoch: int,
-                       initial_physical_nodes: int | None) -> np.ndarray:
-    """The epoch's global batches under ``per_stream``, ``(batches, global_batch)``.
+                       initial_physical_nodes: int | None) -> BatchGrid:
+    """The epoch's global batches under ``per_stream``: the streams' batches, interleaved.
 
     Raises:
         ValueError: A stream too small for one full global batch.
     """
     global_batch = settings.batch_size * topology.ranks_per_node * topology.num_nodes
     proportions = stream_proportions(streams, choose_per_stream)
-    parts = [
-        stream_epoch(streams, choose_per_stream, index, settings, epoch=epoch,
-                     nodes=topology.num_nodes, topology=topology, batch_size=settings.batch_size,
-                     initial_physical_nodes=initial_physical_nodes,
-                     proportion=float(proportions[index]))
+    # Every stream's epoch first (its errors come first, as in the reference), kept only as
+    # global batches in training order.
+    orders = [
+        traversal(stream_epoch(streams, choose_per_stream, index, settings, epoch=epoch,
+                               nodes=topology.num_nodes, topology=topology,
+                               batch_size=settings.batch_size,
+                               initial_physical_nodes=initial_physical_nodes,
+                               proportion=float(proportions[index]))).reshape(-1, global_batch)
         for index in range(len(streams))
     ]
     rows = []
-    for index, part in enumerate(parts):
-        batches = traversal(part).reshape(-1, global_batch)
+    for index, batches in enumerate(orders):
         full = full_rows(batches)
         if full != len(batches) and speaks(topology):
             logger.warning("Because of the `per_stream` batching method, some batches with an "
@@ -99,13 +101,14 @@ def per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: Sequenc
             raise ValueError(f"Stream with index {index} does not have an adequate number of "
                              f"samples to construct a complete global batch of {global_batch}.")
         rows.append(batches[:full])
-    return interleave(rows, _epoch_rng(settings, epoch))
+    order = interleave([len(r) for r in rows], _epoch_rng(settings, epoch))
+    return BatchGrid([np.concatenate(rows)], order)
 
 
 def device_per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: Sequence[int],
                               settings: OrderSettings, topology: Topology, *, epoch: int,
-                              initial_physical_nodes: int | None) -> np.ndarray:
-    """The epoch's global batches under ``device_per_stream``, ``(batches, global_batch)``.
+                              initial_physical_nodes: int | None) -> BatchGrid:
+    """The epoch's global batches under ``device_per_stream``.
 
     Raises:
         ValueError: Canonical nodes not divisible by physical nodes, or a stream too small for
@@ -116,17 +119,19 @@ def device_per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: 
         raise ValueError(f"For `device_per_stream` batching, num_canonical_nodes must be "
                          f"divisible by physical nodes. Got {ncn} canonical nodes and {nodes} "
                          f"physical nodes.")
-    batch, devices = settings.batch_size, nodes * topology.ranks_per_node
+    batch, devices, share = settings.batch_size, nodes * topology.ranks_per_node, ncn // nodes
     proportions = stream_proportions(streams, choose_per_stream)
-    parts = [
-        stream_epoch(streams, choose_per_stream, index, settings, epoch=epoch, nodes=ncn,
-                     topology=topology, batch_size=1,
-                     initial_physical_nodes=initial_physical_nodes,
-                     proportion=float(proportions[index]))
-        for index in range(len(streams))
-    ]
-    per_node = [_node_device_batches(parts, node, ncn // nodes, batch, speaks(topology))
+    # orders[stream][node]: the node's canonical nodes of the stream, in training order.
+    orders = []
+    for index in range(len(streams)):
+        part = stream_epoch(streams, choose_per_stream, index, settings, epoch=epoch, nodes=ncn,
+                            topology=topology, batch_size=1,
+                            initial_physical_nodes=initial_physical_nodes,
+                            proportion=float(proportions[index]))
+        orders.append([traversal(part[n * share:(n + 1) * share]) for n in range(nodes)])
+    per_node = [_node_device_batches([o[node] for o in orders], node, batch, speaks(topology))
                 for node in range(nodes)]
+    del orders
     # Each node's list is padded to a common multiple of the device count (a whole extra round
     # when it already divides, as in the reference; the padding is never yielded).
     longest = max(sum(len(r) for r in rows) for rows in per_node)
@@ -134,17 +139,16 @@ def device_per_stream_batches(streams: Sequence[StreamSpec], choose_per_stream: 
     rng = _epoch_rng(settings, epoch)
     dealt = np.full((longest, nodes, batch), -1, np.int64)
     for node, rows in enumerate(per_node):
-        mixed = interleave(rows, rng)
-        dealt[:len(mixed), node] = mixed
-    return dealt.reshape(-1, devices * batch)
+        pick = interleave([len(r) for r in rows], rng)
+        np.take(np.concatenate(rows), pick, axis=0, out=dealt[:len(pick), node])
+    return BatchGrid([dealt.reshape(-1, devices * batch)])
 
 
-def _node_device_batches(parts: list[np.ndarray], node: int, share: int, batch: int,
+def _node_device_batches(orders: list[np.ndarray], node: int, batch: int,
                          report: bool) -> list[np.ndarray]:
     """One node's full device batches of every stream, in training order."""
     rows = []
-    for index, part in enumerate(parts):
-        order = traversal(part[node * share:(node + 1) * share])
+    for index, order in enumerate(orders):
         full = order.size // batch
         batches = order[:full * batch].reshape(full, batch)
         kept = full_rows(batches)
@@ -169,5 +173,5 @@ def per_stream_worker_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequ
     batches = build(streams, choose_per_stream, settings, topology, epoch=epoch,
                     initial_physical_nodes=initial_physical_nodes)
     method = "device_per_stream" if device_level else "per_stream"
-    _resumption_warning(method, sample_in_epoch, batches.shape[1], topology)
-    return worker_ids(batches, topology, settings.batch_size, sample_in_epoch)
+    _resumption_warning(method, sample_in_epoch, batches.global_batch, topology)
+    return batches.worker_ids(topology, settings.batch_size, sample_in_epoch)

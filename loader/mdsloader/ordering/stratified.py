@@ -25,12 +25,12 @@ import numpy as np
 
 from mdsloader.ordering.sampling import StreamSpec
 from mdsloader.ordering.streamwise import (
+    BatchGrid,
     full_rows,
     speaks,
     stream_epoch,
     stream_proportions,
     traversal,
-    worker_ids,
 )
 
 if TYPE_CHECKING:
@@ -64,8 +64,8 @@ def stream_slots(proportions: np.ndarray, global_batch: int) -> np.ndarray:
 
 def stratified_batches(streams: Sequence[StreamSpec], choose_per_stream: Sequence[int],
                        settings: OrderSettings, topology: Topology, *,
-                       epoch: int, initial_physical_nodes: int | None) -> np.ndarray:
-    """The epoch's global batches, ``(batches, global_batch)``, before resumption."""
+                       epoch: int, initial_physical_nodes: int | None) -> BatchGrid:
+    """The epoch's global batches before resumption: one column block per stream."""
     global_batch = settings.batch_size * topology.ranks_per_node * topology.num_nodes
     proportions = stream_proportions(streams, choose_per_stream)
     orders = [
@@ -87,7 +87,7 @@ def stratified_batches(streams: Sequence[StreamSpec], choose_per_stream: Sequenc
                            "dropped.", index)
         runs.append(rows)
     batches = min(full_rows(rows) for rows in runs)
-    return np.concatenate([rows[:batches] for rows in runs], axis=1)
+    return BatchGrid([rows[:batches] for rows in runs])
 
 
 def stratified_worker_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequence[int],
@@ -96,7 +96,7 @@ def stratified_worker_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequ
     """One worker's sample ids under ``stratified`` batching (see the module docstring)."""
     batches = stratified_batches(streams, choose_per_stream, settings, topology, epoch=epoch,
                                  initial_physical_nodes=initial_physical_nodes)
-    global_batch = batches.shape[1]
+    global_batch = batches.global_batch
     if sample_in_epoch % global_batch and speaks(topology):
         warnings.warn(
             f"Because of the `stratified` batching method, resumption may only occur on a "
@@ -105,4 +105,4 @@ def stratified_worker_ids(streams: Sequence[StreamSpec], choose_per_stream: Sequ
             f"batch size of the original run for deterministic resumption.",
             stacklevel=4,
         )
-    return worker_ids(batches, topology, settings.batch_size, sample_in_epoch)
+    return batches.worker_ids(topology, settings.batch_size, sample_in_epoch)

@@ -16,6 +16,7 @@ The reference's per-stream draws differ from ``random``'s in ways that matter fo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -142,17 +143,48 @@ def full_rows(rows: np.ndarray) -> int:
     return int(np.count_nonzero(rows.min(axis=1) >= 0))
 
 
-def worker_ids(global_batches: np.ndarray, topology: Topology, batch_size: int,
-               sample_in_epoch: int) -> np.ndarray:
-    """One worker's sample ids from the epoch's global batches, resumed, padding removed.
+@dataclass(frozen=True, slots=True, eq=False)
+class BatchGrid:
+    """An epoch's global batches, ``(batches, global_batch)``, kept as the methods build them.
 
-    Resumption skips whole global batches (``sample_in_epoch // global_batch``), as the
-    reference does. Global batch ``g`` is read by worker ``g % workers`` of every rank, and
-    device ``d`` (node-major) takes its ``d``-th ``batch_size`` slice.
+    ``blocks`` stand side by side (stratified: each stream's share of every batch) and rows are
+    read in ``order`` when given (per_stream: the interleaving of the streams' batches), so a
+    worker copies only its own rows and columns, never the whole grid.
     """
-    global_batch = global_batches.shape[1]
-    resumed = global_batches[sample_in_epoch // global_batch:]
-    device = topology.node * topology.ranks_per_node + topology.rank_of_node
-    mine = resumed[topology.worker::topology.workers_per_rank,
-                   device * batch_size:(device + 1) * batch_size].ravel()
-    return mine[mine != -1]
+
+    blocks: list[np.ndarray]
+    order: np.ndarray | None = None
+
+    @property
+    def global_batch(self) -> int:
+        """Samples per global batch."""
+        return sum(block.shape[1] for block in self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.order) if self.order is not None else len(self.blocks[0])
+
+    def materialise(self) -> np.ndarray:
+        """The whole grid as one array (the reference's layout before its final reshape)."""
+        rows = np.concatenate(self.blocks, axis=1)
+        return rows if self.order is None else rows[self.order]
+
+    def worker_ids(self, topology: Topology, batch_size: int, sample_in_epoch: int) -> np.ndarray:
+        """One worker's sample ids, resumed, padding removed.
+
+        Resumption skips whole global batches (``sample_in_epoch // global_batch``), as the
+        reference does. Global batch ``g`` is read by worker ``g % workers`` of every rank, and
+        device ``d`` (node-major) takes its ``d``-th ``batch_size`` slice.
+        """
+        first = sample_in_epoch // self.global_batch + topology.worker
+        rows: slice | np.ndarray = slice(first, None, topology.workers_per_rank)
+        if self.order is not None:
+            rows = self.order[rows]
+        low = (topology.node * topology.ranks_per_node + topology.rank_of_node) * batch_size
+        pieces, start = [], 0
+        for block in self.blocks:
+            begin, end = max(low, start), min(low + batch_size, start + block.shape[1])
+            if begin < end:
+                pieces.append(block[rows, begin - start:end - start])
+            start += block.shape[1]
+        mine = np.concatenate(pieces, axis=1).ravel()
+        return mine[mine != -1]
