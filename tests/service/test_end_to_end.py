@@ -317,3 +317,41 @@ def test_a_finished_job_calls_back_signed_from_the_worker(api, env, source, work
         assert time.monotonic() < deadline, attempts
         time.sleep(0.1)  # the attempt is recorded once the receiver has answered
     assert [a["status_code"] for a in attempts] == [500, 200] and attempts[-1]["delivered"]
+
+
+def test_daily_appends_on_s3_while_a_loader_streams_the_old_index(
+    api, env, source, worker, tmp_path, reference
+) -> None:
+    """Three slices appended through the API and the worker to one S3 dataset. A loader that
+    opened the first index keeps streaming it across both appends; after each append our loader
+    and the reference read the old ids first, then the new rows."""
+    from mdsloader import StreamingDataset
+
+    target = f"{env.bucket}/daily"
+
+    def slice_of(n: int, mode: str) -> dict:
+        condition = {"column": "id", "op": "between", "value": [1000 * n, 1000 * n + 999]}
+        job = submit(api, source, target, mode=mode, filter=[condition])
+        done = wait_for(api, job["id"], FINAL)
+        assert done["state"] == "succeeded", done
+        return done["result"]
+
+    slice_of(0, "error")
+    old = StreamingDataset(remote=target, local=str(tmp_path / "old"), batch_size=1)
+    stream = iter(old)
+    first_half = [int(next(stream)["id"]) for _ in range(500)]
+    seen = [int(s["id"]) for s in StreamingDataset(remote=target, local=str(tmp_path / "c0"),
+                                                   batch_size=1)]  # fmt: skip
+    for n in (1, 2):
+        result = slice_of(n, "append")
+        assert (result["added_samples"], result["samples"]) == (1000, 1000 * (n + 1))
+        ours = [int(s["id"]) for s in StreamingDataset(
+            remote=target, local=str(tmp_path / f"ours{n}"), batch_size=1)]  # fmt: skip
+        theirs = [int(s["id"]) for s in reference.StreamingDataset(
+            remote=target, local=str(tmp_path / f"ref{n}"), batch_size=1, shuffle=False)]
+        assert ours == theirs and ours[: len(seen)] == seen
+        assert sorted(ours[len(seen) :]) == list(range(1000 * n, 1000 * (n + 1)))
+        seen = ours
+    # The reader of the first index finishes its epoch: exactly the first slice's rows.
+    rest = [int(sample["id"]) for sample in stream]
+    assert sorted(first_half + rest) == list(range(1000))

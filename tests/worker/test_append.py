@@ -104,3 +104,4 @@ def test_a_mismatched_append_is_refused_and_changes_nothing(spark, events, tmp_p
         convert_table(spec, spark=spark)
     assert info.value.code == "append_mismatch"
     assert digest_tree(target) == before  # byte-identical, no run directory left
+
