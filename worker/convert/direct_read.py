@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from worker.convert.direct_plan import DirectPlan, FileSplit
 
-BATCH_ROWS = 65536
+BATCH_ROWS = 16384  # ~16 MB of typical rows: big enough for vectorised work, cheap to allocate
 _LEGACY_KEYS = (b"org.apache.spark.legacyDateTime", b"org.apache.spark.legacyINT96")
 _ARROW_OF: dict[str, pa.DataType] = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
