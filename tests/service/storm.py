@@ -352,8 +352,16 @@ class Storm:
             thread.join()
 
     def _alive_slot(self) -> int | None:
+        """A worker to hit: one running a job if there is one (the fault meets work)."""
         alive = [i for i, s in enumerate(self.slots) if s and s[-1].ready and s[-1].worker.alive]
-        return self.rng.choice(alive) if alive else None
+        busy = [i for i in alive if _open_runs(self.slots[i][-1])]
+        if not busy:  # wait a little for work to start somewhere
+            deadline = time.monotonic() + 10
+            while not busy and time.monotonic() < deadline:
+                time.sleep(0.2)
+                busy = [i for i in alive if _open_runs(self.slots[i][-1])]
+        candidates = busy or alive
+        return self.rng.choice(candidates) if candidates else None
 
     def _restart(self, slot: int, *, sigterm: bool = False) -> threading.Thread:
         def run() -> None:
@@ -454,7 +462,7 @@ class Storm:
         runs: list[tuple[float, float, str, str]] = []  # start, end, job, incarnation
         for slot in self.slots:
             for incarnation in slot:
-                runs += _runs_in_log(incarnation)
+                runs += [(a, b or a, j, n) for a, b, j, n in _runs_in_log(incarnation)]
         problems = []
         ordered = sorted(runs)
         for i, (_start, end, job, who) in enumerate(ordered):
@@ -468,9 +476,18 @@ class Storm:
         return problems
 
 
-def _runs_in_log(incarnation: Incarnation) -> list[tuple[float, float, str, str]]:
+def _open_runs(incarnation: Incarnation) -> list[str]:
+    """Jobs the incarnation has started and not yet ended."""
+    return [job for _, end, job, _ in _runs_in_log(incarnation, until=None) if end is None]
+
+
+def _runs_in_log(
+    incarnation: Incarnation, until: float | None = 0.0
+) -> list[tuple[float, float | None, str, str]]:
+    """(start, end, job, log) of each run; an open run ends at ``until`` (default: when the
+    incarnation was killed, or now)."""
     open_runs: dict[str, float] = {}
-    runs = []
+    runs: list[tuple[float, float | None, str, str]] = []
     name = incarnation.log.name
     for line in incarnation.log.read_bytes().splitlines():
         if not line.startswith(b"{"):
@@ -487,7 +504,7 @@ def _runs_in_log(incarnation: Incarnation) -> list[tuple[float, float, str, str]
             open_runs[job] = at
         elif job in open_runs:
             runs.append((open_runs.pop(job), at, job, name))
-    end = incarnation.killed_at or time.time()
+    end = (incarnation.killed_at or time.time()) if until is not None else None
     runs += [(start, end, job, name) for job, start in open_runs.items()]
     return runs
 
