@@ -35,22 +35,28 @@ from convert import build_session, make_frame, write_table  # bench/convert.py
 
 
 def cpu_by_kind() -> dict[str, float]:
-    """CPU seconds so far of the JVM and of the other Python processes (Spark's workers)."""
+    """CPU seconds so far of this process's JVM and of its other Python descendants (Spark's
+    workers); processes outside this bench's process tree (other users' JVMs) are not counted."""
     ticks = os.sysconf("SC_CLK_TCK")
-    out = {"java": 0.0, "python": 0.0}
+    parent, seconds, commands = {}, {}, {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{entry}/cmdline") as fh:
-                command = fh.read().split("\0")
+                commands[int(entry)] = fh.read().split("\0")[0]
         except OSError:
             continue
-        seconds = (int(fields[11]) + int(fields[12])) / ticks
-        if "java" in command[0]:
-            out["java"] += seconds
-        elif int(entry) != os.getpid() and "python" in command[0]:
-            out["python"] += seconds
+        parent[int(entry)] = int(fields[1])
+        seconds[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    mine, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in mine]
+        mine.update(frontier)
+    out = {"java": 0.0, "python": 0.0}
+    for pid in mine - {os.getpid()}:
+        kind = "java" if "java" in commands.get(pid, "") else "python"
+        out[kind] += seconds.get(pid, 0.0)
     return out
 
 
