@@ -24,22 +24,22 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
-from mdsloader.errors import MissingExtraError, ObjectNotFoundError
-from mdsloader.storage.base import (
-    STREAM_CHUNK,
-    ByteSink,
-    clean_prefix,
-    clean_relpath,
-    join_relpath,
-)
+from mdsloader.errors import MissingExtraError
+from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
+from mdsloader.storage.bucket import PrefixStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
-from mdsloader.storage.remote import FileSink, Kind, call_with_retries
+from mdsloader.storage.remote import (
+    FileSink,
+    Kind,
+    ProcessClient,
+    call_with_retries,
+    delete_concurrently,
+)
 from mdsloader.storage.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -192,7 +192,7 @@ def _parse_connection_string(text: str) -> dict[str, str]:
     return {key.strip().lower(): value.strip() for key, value in pairs}
 
 
-class AzureStorage:
+class AzureStorage(PrefixStorage[AzureOptions]):
     """A :class:`~mdsloader.storage.base.Storage` rooted at a container prefix in Azure Blob.
 
     Safe to share between threads (the SDK's clients are). Pickling keeps the settings only; a
@@ -220,32 +220,16 @@ class AzureStorage:
         self.options = options if options is not None else AzureOptions.from_env()
         self.endpoint = resolve_endpoint(self.location, self.options)
         self.prefix = clean_prefix(self.location.prefix).rstrip("/")
-        self._clients = _ClientCache(self.options)
+        self._clients = ProcessClient(partial(_make_client, self.options, self.endpoint))
 
     @property
     def container(self) -> str:
         """The container name."""
         return self.location.container
 
-    @property
-    def url(self) -> str:
-        """The root URL, in the form it was given."""
-        head = self.location.host + "/" if self.location.host else ""
-        return f"azure://{head}{join_relpath(self.container, self.prefix)}"
-
     def __repr__(self) -> str:
         """``AzureStorage('azure://...', endpoint=...)``."""
         return f"AzureStorage({self.url!r}, endpoint={self.endpoint.url!r})"
-
-    def __eq__(self, other: object) -> bool:
-        """Storages are equal when they name the same place with the same options."""
-        if not isinstance(other, AzureStorage):
-            return NotImplemented
-        return self._identity() == other._identity()
-
-    def __hash__(self) -> int:
-        """Hash consistent with ``==``."""
-        return hash(self._identity())
 
     def __getstate__(self) -> dict[str, object]:
         """Pickle the settings only: the client is rebuilt on first use after unpickling."""
@@ -255,20 +239,13 @@ class AzureStorage:
         """Restore the settings with an empty client cache."""
         self.__init__(state["url"], options=state["options"])  # type: ignore[misc]
 
-    def child_url(self, relpath: str) -> str:
-        """The root URL joined with ``relpath``."""
-        return f"{self.url}/{clean_relpath(relpath)}"
-
     def read_bytes(self, relpath: str) -> bytes:
         """The whole object."""
         return self._call("read", relpath, lambda blob: blob.download_blob().readall())
 
     def read_range(self, relpath: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` with one ranged GET; shorter (like a slice) past the end."""
-        if start < 0 or end < start:
-            raise ValueError(f"invalid byte range [{start}, {end})")
-        if end == start:
-            self.size(relpath)  # still report a missing object, like the local backend
+        if self._is_empty_range(relpath, start, end):
             return b""
 
         def get(blob: Any) -> bytes:
@@ -368,21 +345,9 @@ class AzureStorage:
 
         return self._call("stream", relpath, stream)
 
-    def exists(self, relpath: str) -> bool:
-        """Whether the object exists (one HEAD; a missing container also reads False)."""
-        try:
-            self.size(relpath)
-        except ObjectNotFoundError:
-            return False
-        return True
-
     def size(self, relpath: str) -> int:
         """The object's size in bytes (one HEAD)."""
         return self._call("stat", relpath, lambda blob: int(blob.get_blob_properties().size))
-
-    def list(self, prefix: str = "") -> list[str]:
-        """Relpaths of all objects whose relpath starts with ``prefix``, sorted (paginated)."""
-        return [name[len(self._root()) :] for name in self._list_names(prefix)]
 
     def delete(self, relpath: str) -> None:
         """Delete an object; a missing one is fine."""
@@ -390,29 +355,25 @@ class AzureStorage:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object ``list(prefix)`` returns, several at a time."""
-        names = self._list_names(prefix)
-        workers = max(1, min(self.options.max_concurrency, len(names)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mds-az-del") as pool:
-            for _ in pool.map(self._delete_name, names):
-                pass
-        return len(names)
-
-    def sub(self, relpath: str) -> AzureStorage:
-        """A storage rooted at ``prefix/relpath`` that shares this one's client."""
-        child = AzureStorage(self.child_url(relpath), options=self.options)
-        child._clients = self._clients
-        return child
+        return delete_concurrently(
+            self._delete_name,
+            self._list_names(prefix),
+            max_workers=self.options.max_concurrency,
+            thread_name_prefix="mds-az-del",
+        )
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _origin(self) -> str:
+        # The URL's own form: with the account host when it was given one.
+        head = self.location.host + "/" if self.location.host else ""
+        return f"azure://{head}{self.container}"
 
     def _identity(self) -> tuple[object, ...]:
         return ("azure", self.endpoint, self.container, self.prefix, self.options)
 
-    def _root(self) -> str:
-        return f"{self.prefix}/" if self.prefix else ""
-
-    def _key(self, relpath: str) -> str:
-        return self._root() + clean_relpath(relpath)
+    def _rooted_at(self, prefix: str) -> AzureStorage:
+        return AzureStorage(f"{self._origin()}/{prefix}", options=self.options)
 
     def _ul(self) -> dict[str, Any]:
         return {"overwrite": True, "max_concurrency": self.options.max_concurrency}
@@ -437,7 +398,7 @@ class AzureStorage:
         return sorted(self._retrying("list", full, list_all))
 
     def _container(self) -> Any:
-        return self._clients.get(self.endpoint).get_container_client(self.container)
+        return self._clients.get().get_container_client(self.container)
 
     def _call(self, op: str, relpath: str, fn: Callable[[Any], T]) -> T:
         """Run ``fn(blob_client)`` for ``relpath`` with retries; map what it finally raises."""
@@ -445,34 +406,14 @@ class AzureStorage:
         return self._retrying(op, key, lambda: fn(self._container().get_blob_client(key)))
 
     def _retrying(self, op: str, key: str, attempt: Callable[[], T]) -> T:
-        head = self.location.host + "/" if self.location.host else ""
         return call_with_retries(
             attempt,
             op=op,
-            where=f"azure://{head}{self.container}/{key}",
+            where=f"{self._origin()}/{key}",
             service=f"Azure Blob at {self.endpoint.url}",
             policy=self.options.retry_policy,
             classify=classify_azure_error,
         )
-
-
-class _ClientCache:
-    """One ``BlobServiceClient`` per process (it is thread-safe), created on first use."""
-
-    def __init__(self, options: AzureOptions) -> None:
-        self._options = options
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._client: Any = None
-
-    def get(self, endpoint: _Endpoint) -> Any:
-        # A client inherited through fork shares its connection pool with the parent: replace it.
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._client = _make_client(self._options, endpoint)
-                    self._pid = os.getpid()
-        return self._client
 
 
 def _make_client(options: AzureOptions, endpoint: _Endpoint) -> Any:

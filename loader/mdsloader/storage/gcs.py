@@ -17,26 +17,25 @@ server for about two minutes. :func:`classify_gcs_error` is the one place that k
 from __future__ import annotations
 
 import http.client
-import importlib.util
 import logging
 import os
 import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from mdsloader.errors import MissingExtraError, ObjectNotFoundError, StorageError
-from mdsloader.storage.base import (
-    STREAM_CHUNK,
-    ByteSink,
-    clean_prefix,
-    clean_relpath,
-    join_relpath,
-)
+from mdsloader.errors import MissingExtraError, StorageError
+from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
+from mdsloader.storage.bucket import BucketStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
-from mdsloader.storage.remote import ChunkingWriter, FileSink, Kind, call_with_retries
+from mdsloader.storage.remote import (
+    ChunkingWriter,
+    FileSink,
+    Kind,
+    call_with_retries,
+    delete_concurrently,
+)
 from mdsloader.storage.retry import RetryPolicy
 from mdsloader.storage.s3 import S3Options, S3Storage
 
@@ -93,7 +92,7 @@ class GCSOptions:
         return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
 
 
-class GCSStorage:
+class GCSStorage(BucketStorage[GCSOptions]):
     """A :class:`~mdsloader.storage.base.Storage` rooted at ``gs://bucket/prefix``.
 
     Safe to share between threads (each thread gets its own client over shared credentials).
@@ -110,55 +109,9 @@ class GCSStorage:
     """
 
     scheme = "gs"
-
-    def __init__(self, bucket: str, prefix: str = "", *, options: GCSOptions | None = None) -> None:
-        """Root the storage at ``gs://bucket/prefix`` (see the class docstring)."""
-        if importlib.util.find_spec("google.cloud.storage") is None:
-            raise MissingExtraError(_MISSING)
-        if not bucket or "/" in bucket:
-            raise ValueError(f"invalid GCS bucket name: {bucket!r}")
-        self.bucket = bucket
-        self.prefix = clean_prefix(prefix).rstrip("/")
-        self.options = options if options is not None else GCSOptions.from_env()
-        self._clients = _ClientCache(self.options)
-
-    @property
-    def url(self) -> str:
-        """``gs://bucket/prefix``."""
-        return f"gs://{join_relpath(self.bucket, self.prefix)}"
-
-    def __repr__(self) -> str:
-        """``GCSStorage('gs://bucket/prefix', endpoint_url=...)``."""
-        return f"GCSStorage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
-
-    def __eq__(self, other: object) -> bool:
-        """Storages are equal when bucket, prefix and options are."""
-        if not isinstance(other, GCSStorage):
-            return NotImplemented
-        return (self.bucket, self.prefix, self.options) == (
-            other.bucket,
-            other.prefix,
-            other.options,
-        )
-
-    def __hash__(self) -> int:
-        """Hash consistent with ``==``."""
-        return hash(("gs", self.bucket, self.prefix, self.options))
-
-    def __getstate__(self) -> dict[str, object]:
-        """Pickle the settings only: clients (sessions, sockets) are rebuilt after unpickling."""
-        return {"bucket": self.bucket, "prefix": self.prefix, "options": self.options}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore the settings with an empty client cache."""
-        self.bucket = state["bucket"]
-        self.prefix = state["prefix"]
-        self.options = state["options"]
-        self._clients = _ClientCache(self.options)
-
-    def child_url(self, relpath: str) -> str:
-        """``gs://bucket/prefix/relpath``."""
-        return f"gs://{self.bucket}/{self._key(relpath)}"
+    service = "GCS"
+    sdk_module = "google.cloud.storage"
+    missing = _MISSING
 
     def read_bytes(self, relpath: str) -> bytes:
         """The whole object (one GET)."""
@@ -167,12 +120,9 @@ class GCSStorage:
 
     def read_range(self, relpath: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` with one ranged GET; shorter (like a slice) past the end."""
-        if start < 0 or end < start:
-            raise ValueError(f"invalid byte range [{start}, {end})")
-        key = self._key(relpath)
-        if end == start:
-            self.size(relpath)  # still report a missing object, like the local backend
+        if self._is_empty_range(relpath, start, end):
             return b""
+        key = self._key(relpath)
 
         def get(blob: Any) -> bytes:
             try:
@@ -274,14 +224,6 @@ class GCSStorage:
 
         return self._call("stream", key, stream)
 
-    def exists(self, relpath: str) -> bool:
-        """Whether the object exists (one metadata GET; a missing bucket also reads False)."""
-        try:
-            self.size(relpath)
-        except ObjectNotFoundError:
-            return False
-        return True
-
     def size(self, relpath: str) -> int:
         """The object's size in bytes (one metadata GET)."""
         key = self._key(relpath)
@@ -292,36 +234,26 @@ class GCSStorage:
 
         return self._call("stat", key, stat)
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Relpaths of all objects whose relpath starts with ``prefix``, sorted (paginated)."""
-        return [name[len(self._root()) :] for name in self._list_names(prefix)]
-
     def delete(self, relpath: str) -> None:
         """Delete an object; a missing one is fine."""
         self._delete_key(self._key(relpath))
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object ``list(prefix)`` returns, several at a time."""
-        names = self._list_names(prefix)
-        workers = max(1, min(self.options.max_concurrency, len(names)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mds-gcs-del") as pool:
-            for _ in pool.map(self._delete_key, names):
-                pass
-        return len(names)
-
-    def sub(self, relpath: str) -> GCSStorage:
-        """A storage rooted at ``prefix/relpath`` that shares this one's clients."""
-        child = GCSStorage(self.bucket, self._key(relpath), options=self.options)
-        child._clients = self._clients
-        return child
+        return delete_concurrently(
+            self._delete_key,
+            self._list_names(prefix),
+            max_workers=self.options.max_concurrency,
+            thread_name_prefix="mds-gcs-del",
+        )
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _root(self) -> str:
-        return f"{self.prefix}/" if self.prefix else ""
+    def _default_options(self) -> GCSOptions:
+        return GCSOptions.from_env()
 
-    def _key(self, relpath: str) -> str:
-        return self._root() + clean_relpath(relpath)
+    def _new_clients(self) -> _ClientCache:
+        return _ClientCache(self.options)
 
     def _timeout(self) -> tuple[float, float]:
         return (self.options.timeout, self.options.timeout)
@@ -362,12 +294,11 @@ class GCSStorage:
         )
 
     def _retrying(self, op: str, key: str, attempt: Callable[[], T]) -> T:
-
         endpoint = self.options.endpoint_url or "storage.googleapis.com"
         return call_with_retries(
             attempt,
             op=op,
-            where=f"gs://{self.bucket}/{key}",
+            where=f"{self._origin()}/{key}",
             service=f"GCS at {endpoint}",
             policy=self.options.retry_policy,
             classify=classify_gcs_error,

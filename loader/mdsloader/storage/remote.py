@@ -1,15 +1,18 @@
-"""What the SDK-backed object stores (GCS, Azure Blob) share: retry-then-map, and byte sinks.
+"""What the object-store backends share: retry-then-map, client caches, byte sinks, deletes.
 
-Each backend classifies its SDK's exceptions into one of four kinds (``not_found``, ``denied``,
-``transient``, ``other``) in one function of its own module; :func:`call_with_retries` retries the
-transient kind with backoff and turns the final failure into the loader's
-:mod:`~mdsloader.errors` here, so the two backends word their errors alike.
+Each SDK-backed backend (GCS, Azure Blob) classifies its SDK's exceptions into one of four kinds
+(``not_found``, ``denied``, ``transient``, ``other``) in one function of its own module;
+:func:`call_with_retries` retries the transient kind with backoff and turns the final failure into
+the loader's :mod:`~mdsloader.errors` here, so the two backends word their errors alike.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Literal, TypeVar
 
 from mdsloader.errors import (
@@ -25,6 +28,18 @@ from mdsloader.storage.retry import RetryPolicy, retry_call
 T = TypeVar("T")
 Kind = Literal["not_found", "denied", "transient", "other"]
 log = logging.getLogger(__name__)
+
+# Module-level rather than per cache, so that a fork can replace it: a child must not inherit a
+# lock that another thread of the parent held at the moment of the fork.
+_CREATE_LOCK = threading.Lock()
+
+
+def _reset_lock_after_fork() -> None:
+    global _CREATE_LOCK
+    _CREATE_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 
 def call_with_retries(
@@ -146,3 +161,41 @@ class ChunkingWriter:
     def _emit(self, piece: bytes) -> None:
         self._sink.write(piece)
         self.delivered += len(piece)
+
+
+class ProcessClient:
+    """One SDK client per process, made by ``make`` on first use (S3, Azure Blob).
+
+    A client inherited through ``fork`` shares its connection pool with the parent, so a child
+    makes its own. Making a client is not always thread-safe (boto3's is not; using one is),
+    hence the creation lock.
+    """
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+        self._pid = -1
+
+    def get(self) -> Any:
+        """This process's client."""
+        if self._pid != os.getpid():
+            with _CREATE_LOCK:
+                if self._pid != os.getpid():
+                    self._client = self._make()
+                    self._pid = os.getpid()
+        return self._client
+
+
+def delete_concurrently(
+    delete: Callable[[str], None], names: list[str], *, max_workers: int, thread_name_prefix: str
+) -> int:
+    """Call ``delete`` on each of ``names``, ``max_workers`` at a time; returns ``len(names)``.
+
+    Raises:
+        Exception: The error of the first failing name (in order), once every delete has run.
+    """
+    workers = max(1, min(max_workers, len(names)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix) as pool:
+        for _ in pool.map(delete, names):
+            pass
+    return len(names)

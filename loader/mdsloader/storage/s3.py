@@ -9,13 +9,12 @@ one place where botocore and boto3 errors become the loader's :mod:`~mdsloader.e
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, TypeVar
 
 from mdsloader.errors import (
@@ -26,30 +25,14 @@ from mdsloader.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from mdsloader.storage.base import (
-    STREAM_CHUNK,
-    ByteSink,
-    clean_prefix,
-    clean_relpath,
-    join_relpath,
-)
+from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
+from mdsloader.storage.bucket import BucketStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
+from mdsloader.storage.remote import FileSink, ProcessClient
 from mdsloader.storage.retry import RetryPolicy, retry_call
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-# Module-level rather than per storage, so that a fork can replace it: a child must not inherit a
-# lock that another thread of the parent held at the moment of the fork.
-_CREATE_LOCK = threading.Lock()
-
-
-def _reset_lock_after_fork() -> None:
-    global _CREATE_LOCK
-    _CREATE_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 MIB = 1 << 20
 DELETE_BATCH = 1000  # the most keys one DeleteObjects call accepts
@@ -125,7 +108,7 @@ class S3Options:
         return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
 
 
-class S3Storage:
+class S3Storage(BucketStorage[S3Options]):
     """A :class:`~mdsloader.storage.base.Storage` rooted at ``s3://bucket/prefix``.
 
     Safe to share between threads. Pickling drops the boto3 client, so the storage travels into
@@ -141,55 +124,10 @@ class S3Storage:
         MissingExtraError: If boto3 is not installed (the ``s3`` extra).
     """
 
-    def __init__(self, bucket: str, prefix: str = "", *, options: S3Options | None = None) -> None:
-        """Root the storage at ``s3://bucket/prefix`` (see the class docstring)."""
-        if importlib.util.find_spec("boto3") is None:
-            raise MissingExtraError(_MISSING_BOTO3)
-        if not bucket or "/" in bucket:
-            raise ValueError(f"invalid S3 bucket name: {bucket!r}")
-        self.bucket = bucket
-        self.prefix = clean_prefix(prefix).rstrip("/")
-        self.options = options if options is not None else S3Options.from_env()
-        self._clients = _ClientCache(self.options)
-
-    @property
-    def url(self) -> str:
-        """``s3://bucket/prefix`` (``s3://bucket`` at the bucket root)."""
-        return f"s3://{join_relpath(self.bucket, self.prefix)}"
-
-    def __repr__(self) -> str:
-        """``S3Storage('s3://bucket/prefix', endpoint_url=...)``."""
-        return f"S3Storage({self.url!r}, endpoint_url={self.options.endpoint_url!r})"
-
-    def __eq__(self, other: object) -> bool:
-        """Storages are equal when bucket, prefix and options are."""
-        if not isinstance(other, S3Storage):
-            return NotImplemented
-        return (self.bucket, self.prefix, self.options) == (
-            other.bucket,
-            other.prefix,
-            other.options,
-        )
-
-    def __hash__(self) -> int:
-        """Hash consistent with ``==``."""
-        return hash(("s3", self.bucket, self.prefix, self.options))
-
-    def __getstate__(self) -> dict[str, object]:
-        """Pickle the settings only: the client is rebuilt on first use after unpickling."""
-        # The client (sockets, locks) cannot cross a process boundary; the settings can.
-        return {"bucket": self.bucket, "prefix": self.prefix, "options": self.options}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore the settings with an empty client cache."""
-        self.bucket = state["bucket"]
-        self.prefix = state["prefix"]
-        self.options = state["options"]
-        self._clients = _ClientCache(self.options)
-
-    def child_url(self, relpath: str) -> str:
-        """``s3://bucket/prefix/relpath``."""
-        return f"s3://{self.bucket}/{self._key(relpath)}"
+    scheme = "s3"
+    service = "S3"
+    sdk_module = "boto3"
+    missing = "s3:// storage needs boto3, which is not installed: pip install 'mds-loader[s3]'"
 
     def read_bytes(self, relpath: str) -> bytes:
         """The whole object (one GET)."""
@@ -198,12 +136,9 @@ class S3Storage:
 
     def read_range(self, relpath: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` with one ranged GET; shorter (like a slice) past the end."""
-        if start < 0 or end < start:
-            raise ValueError(f"invalid byte range [{start}, {end})")
-        key = self._key(relpath)
-        if end == start:
-            self._head(key)  # still report a missing object, like the local backend
+        if self._is_empty_range(relpath, start, end):
             return b""
+        key = self._key(relpath)
 
         def get(client: Any) -> bytes:
             try:
@@ -253,7 +188,7 @@ class S3Storage:
         limit = self.options.multipart_threshold
 
         def fill(f: Any) -> None:
-            sink = _FileSink(f)
+            sink = FileSink(f)
 
             def stream(client: Any) -> int:
                 return self._stream_once(client, key, sink, STREAM_CHUNK, limit=limit)
@@ -289,21 +224,9 @@ class S3Storage:
             "stream", key, lambda client: self._stream_once(client, key, sink, chunk_size)
         )
 
-    def exists(self, relpath: str) -> bool:
-        """Whether the object exists (one HEAD; a missing bucket also reads as ``False``)."""
-        try:
-            self._head(self._key(relpath))
-        except ObjectNotFoundError:
-            return False
-        return True
-
     def size(self, relpath: str) -> int:
         """The object's size in bytes (one HEAD)."""
         return int(self._head(self._key(relpath))["ContentLength"])
-
-    def list(self, prefix: str = "") -> list[str]:
-        """Relpaths of all objects whose relpath starts with ``prefix``, sorted (paginated)."""
-        return [key[len(self._root()) :] for key in self._list_keys(prefix)]
 
     def delete(self, relpath: str) -> None:
         """Delete an object; S3 does not mind a missing one."""
@@ -312,24 +235,18 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object ``list(prefix)`` returns, 1000 keys per DeleteObjects call."""
-        keys = self._list_keys(prefix)
+        keys = self._list_names(prefix)
         for i in range(0, len(keys), DELETE_BATCH):
             self._delete_batch(keys[i : i + DELETE_BATCH])
         return len(keys)
 
-    def sub(self, relpath: str) -> S3Storage:
-        """A storage rooted at ``prefix/relpath`` that shares this one's client."""
-        child = S3Storage(self.bucket, self._key(relpath), options=self.options)
-        child._clients = self._clients
-        return child
-
     # -- internals ---------------------------------------------------------------------------
 
-    def _root(self) -> str:
-        return f"{self.prefix}/" if self.prefix else ""
+    def _default_options(self) -> S3Options:
+        return S3Options.from_env()
 
-    def _key(self, relpath: str) -> str:
-        return self._root() + clean_relpath(relpath)
+    def _new_clients(self) -> _ClientCache:
+        return _ClientCache(self.options)
 
     def _loc(self, key: str) -> dict[str, str]:
         return {"Bucket": self.bucket, "Key": key}
@@ -361,7 +278,7 @@ class S3Storage:
     def _head(self, key: str) -> dict[str, Any]:
         return self._call("head", key, lambda c: c.head_object(**self._loc(key)))
 
-    def _list_keys(self, prefix: str) -> list[str]:
+    def _list_names(self, prefix: str) -> list[str]:
         full = self._root() + clean_prefix(prefix)
         page_config = {"PageSize": self.options.page_size}
 
@@ -417,26 +334,13 @@ class S3Storage:
         return self.options.endpoint_url or "the default AWS S3 endpoint"
 
 
-class _ClientCache:
-    """One boto3 client per process, created on first use.
-
-    Creating a client is not thread-safe in boto3 (using one is), hence the creation lock.
-    """
+class _ClientCache(ProcessClient):
+    """One boto3 client per process (see :class:`ProcessClient`) and the transfer settings."""
 
     def __init__(self, options: S3Options) -> None:
+        super().__init__(partial(_make_client, options))
         self._options = options
-        self._client: Any = None
-        self._pid = -1
         self._transfer: Any = None
-
-    def get(self) -> Any:
-        # A client inherited through fork shares its connection pool with the parent: replace it.
-        if self._pid != os.getpid():
-            with _CREATE_LOCK:
-                if self._pid != os.getpid():
-                    self._client = _make_client(self._options)
-                    self._pid = os.getpid()
-        return self._client
 
     def transfer_config(self) -> Any:
         if self._transfer is None:
@@ -449,20 +353,6 @@ class _TooLargeToStream(Exception):
 
     Not a botocore error, so our retry loop neither retries nor maps it.
     """
-
-
-class _FileSink:
-    """A :class:`~mdsloader.storage.base.ByteSink` writing to an open binary file."""
-
-    def __init__(self, handle: Any) -> None:
-        self._handle = handle
-
-    def restart(self) -> None:
-        self._handle.seek(0)
-        self._handle.truncate()  # a retry starts from scratch
-
-    def write(self, data: bytes) -> None:
-        self._handle.write(data)
 
 
 class _DeleteErrors(Exception):
@@ -481,7 +371,7 @@ def _import_boto3() -> Any:
     try:
         import boto3
     except ImportError as exc:
-        raise MissingExtraError(_MISSING_BOTO3) from exc
+        raise MissingExtraError(S3Storage.missing) from exc
     return boto3
 
 
@@ -643,5 +533,3 @@ def map_s3_error(
         )
     return StorageError(f"{op} {where} failed: {detail}")
 
-
-_MISSING_BOTO3 = "s3:// storage needs boto3, which is not installed: pip install 'mds-loader[s3]'"
