@@ -1,4 +1,4 @@
-"""The Storage contract, written once and run against each SDK-backed remote (GCS and Azure).
+"""The Storage contract, written once and run against each remote backend (S3, GCS and Azure).
 
 A backend's test module imports these tests (``from remote_contract import *``) and defines the
 fixture ``store``: a storage rooted at a fresh prefix on that backend's emulator. The functions
@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from mdsloader.errors import ObjectNotFoundError
 from mdsloader.storage import Storage, upload_many
 
 __all__ = [
-    "test_contract_concurrent_uploads_from_threads",
+    "test_contract_concurrent_uploads_and_writes_from_threads",
     "test_contract_every_method_round_trips",
     "test_contract_keys_with_special_characters_round_trip",
     "test_contract_missing_objects_are_not_found_at_once",
@@ -105,7 +106,10 @@ def test_contract_stream_to_delivers_bounded_pieces(store: Any) -> None:
     sink = RecordingSink()
     assert store.stream_to("s.bin", sink, chunk_size=MIB) == len(data)
     assert sink.data == data and sink.restarts == 1
-    assert max(len(piece) for piece in sink.pieces) <= MIB
+    assert max(len(piece) for piece in sink.pieces) <= MIB and len(sink.pieces) >= 4
+    store.write_bytes("empty.bin", b"")
+    empty = RecordingSink()
+    assert store.stream_to("empty.bin", empty) == 0 and empty.data == b"" and empty.restarts == 1
     with pytest.raises(ValueError, match="chunk_size"):
         store.stream_to("s.bin", sink, chunk_size=0)
     failing = RecordingSink(fail_after=10)
@@ -116,36 +120,47 @@ def test_contract_stream_to_delivers_bounded_pieces(store: Any) -> None:
 
 def test_contract_missing_objects_are_not_found_at_once(store: Any, tmp_path: Path) -> None:
     started = time.monotonic()
+    sink = RecordingSink()
     for call in (
         lambda: store.read_bytes("nope.bin"),
         lambda: store.read_range("nope.bin", 0, 4),
         lambda: store.size("nope.bin"),
-        lambda: store.stream_to("nope.bin", RecordingSink()),
+        lambda: store.stream_to("nope.bin", sink),
         lambda: store.download_file("nope.bin", str(tmp_path / "x")),
     ):
         with pytest.raises(ObjectNotFoundError, match=r"nope\.bin"):
             call()
-    assert os.listdir(tmp_path) == []
+    assert os.listdir(tmp_path) == [] and sink.data == b""
     assert time.monotonic() - started < 5  # a 404 is final: no retries, no backoff
 
 
-def test_contract_concurrent_uploads_from_threads(store: Any, tmp_path: Path) -> None:
+def test_contract_concurrent_uploads_and_writes_from_threads(store: Any, tmp_path: Path) -> None:
     items = []
     for i in range(12):
         path = tmp_path / f"f{i}.bin"
         path.write_bytes(payload(1000 + i, seed=i))
         items.append((str(path), f"shards/f{i:02d}.bin"))
     upload_many(store, items, max_workers=6)
+    threads = [
+        threading.Thread(target=store.write_bytes, args=(f"w/{i:02d}.bin", payload(500, seed=i)))
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert store.list("shards/") == [f"shards/f{i:02d}.bin" for i in range(12)]
     assert all(store.read_bytes(rel) == Path(local).read_bytes() for local, rel in items)
+    assert all(store.read_bytes(f"w/{i:02d}.bin") == payload(500, seed=i) for i in range(8))
 
 
 def test_contract_keys_with_special_characters_round_trip(store: Any) -> None:
-    names = ["a b/c+d.bin", "q?x#y.bin", "ünï/çødé.bin", "pct%20.bin"]
+    names = ["a b/c+d.bin", "q?x#y=1.bin", "ünï/çødé.bin", "pct%20%25.bin", "t\u00e9st&.bin"]
     for i, name in enumerate(names):
         store.write_bytes(name, bytes([i]) * 3)
-    assert store.list() == sorted(names)
-    assert [store.read_bytes(name) for name in names] == [bytes([i]) * 3 for i in range(4)]
+    assert store.list() == sorted(names)  # listings url-encode names; they must come back decoded
+    assert [store.read_bytes(name) for name in names] == [bytes([i]) * 3 for i in range(5)]
+    assert store.delete_prefix("") == len(names)
 
 
 def _child_writes(storage: Any, relpath: str) -> None:

@@ -12,14 +12,10 @@ import pytest
 from emulators import AZURITE_ACCOUNT, azurite_connection_string, azurite_origin
 from remote_contract import *  # noqa: F403 - the shared contract tests run against this backend
 from remote_contract import payload
-from storage_helpers import Fault, FaultProxy
+from remote_faults import *  # noqa: F403 - and the shared fault tests
+from storage_helpers import FaultProxy
 
-from mdsloader.errors import (
-    AccessDeniedError,
-    MissingExtraError,
-    ObjectNotFoundError,
-    StorageUnavailableError,
-)
+from mdsloader.errors import AccessDeniedError, MissingExtraError, ObjectNotFoundError
 from mdsloader.storage import AzureOptions, AzureStorage, open_storage
 from mdsloader.storage.azure import parse_azure_url
 
@@ -45,6 +41,20 @@ def with_endpoint(connection_string: str, endpoint: str) -> str:
 def store(azure_env: str, azurite: str) -> AzureStorage:
     """The contract's storage: ``azure://<fresh container>/root`` on Azurite."""
     return azure_at(f"{azure_env}/root", azurite)
+
+
+@pytest.fixture
+def origin(azurite: str) -> str:
+    """Where the shared fault tests' proxy forwards to."""
+    return azurite_origin(azurite)
+
+
+@pytest.fixture
+def store_via(azure_env: str, azurite: str) -> Callable[..., AzureStorage]:
+    """The shared fault tests' storages: the fresh container reached through another endpoint."""
+    return lambda endpoint, **overrides: azure_at(
+        f"{azure_env}/x", with_endpoint(azurite, endpoint), **overrides
+    )
 
 
 # -- URLs: two forms, one meaning each ----------------------------------------------------------
@@ -143,60 +153,6 @@ def test_a_wrong_key_is_access_denied_at_once(azure_env: str, azurite: str) -> N
     with pytest.raises(AccessDeniedError, match="access denied"):
         storage.read_bytes("index.json")
     assert time.monotonic() - started < 5  # a 403 is final: no retries
-
-
-@pytest.fixture
-def proxied(
-    azure_env: str, azurite: str, proxy_to: Callable[[str], FaultProxy]
-) -> tuple[AzureStorage, FaultProxy]:
-    proxy = proxy_to(azurite_origin(azurite))
-    return azure_at(f"{azure_env}/x", with_endpoint(azurite, proxy.url), retries=3), proxy
-
-
-def test_throttling_and_5xx_are_retried_until_they_succeed(proxied) -> None:
-    storage, proxy = proxied
-    storage.write_bytes("t.bin", b"payload")
-    proxy.inject(Fault("status", status=503, code="ServerBusy"), Fault("status", status=500))
-    assert storage.read_bytes("t.bin") == b"payload"
-    assert [m for m, _ in proxy.requests].count("GET") == 3
-
-
-def test_retries_are_bounded_and_the_error_names_endpoint_and_attempts(proxied) -> None:
-    storage, proxy = proxied
-    proxy.always = Fault("status", status=503, code="ServerBusy")
-    with pytest.raises(StorageUnavailableError, match=r"after 4 attempts") as info:
-        storage.read_bytes("t.bin")
-    assert proxy.url in str(info.value)
-    assert len(proxy.requests) == 4
-
-
-def test_a_torn_body_is_read_again(proxied) -> None:
-    storage, proxy = proxied
-    data = bytes(range(256)) * 400
-    storage.write_bytes("torn.bin", data)
-    proxy.inject(Fault("truncate", match=lambda method, _path: method == "GET"))
-    assert storage.read_bytes("torn.bin") == data
-
-
-def test_a_server_that_does_not_answer_times_out_within_the_budget(
-    azure_env: str, azurite: str, stalled_endpoint: str
-) -> None:
-    storage = azure_at(f"{azure_env}/x", with_endpoint(azurite, stalled_endpoint),
-                       timeout=1.0, retries=1)  # fmt: skip
-    started = time.monotonic()
-    with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
-        storage.read_bytes("index.json")
-    assert 1.9 < time.monotonic() - started < 10
-
-
-def test_an_absent_server_fails_fast(
-    azure_env: str, azurite: str, closed_port_endpoint: str
-) -> None:
-    storage = azure_at(f"{azure_env}/x", with_endpoint(azurite, closed_port_endpoint), retries=2)
-    started = time.monotonic()
-    with pytest.raises(StorageUnavailableError, match="after 3 attempts"):
-        storage.read_bytes("index.json")
-    assert time.monotonic() - started < 5
 
 
 def test_missing_sdk_names_the_azure_extra(monkeypatch: pytest.MonkeyPatch) -> None:

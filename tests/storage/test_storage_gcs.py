@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from emulators import TokenServer, start_gcs_emulator, write_service_account
 from remote_contract import *  # noqa: F403 - the shared contract tests run against this backend
-from storage_helpers import Fault, FaultProxy, fast_options
+from remote_faults import *  # noqa: F403 - and the shared fault tests
+from storage_helpers import Fault, fast_options
 
 from mdsloader.errors import (
     AccessDeniedError,
@@ -44,6 +45,18 @@ def gcs_at(bucket_url: str, endpoint: str, **overrides: object) -> GCSStorage:
 def store(gcs_env: str, gcs_emulator: str) -> GCSStorage:
     """The contract's storage: ``gs://<fresh bucket>/root`` on the emulator."""
     return gcs_at(gcs_env, gcs_emulator)
+
+
+@pytest.fixture
+def origin(gcs_emulator: str) -> str:
+    """Where the shared fault tests' proxy forwards to."""
+    return gcs_emulator
+
+
+@pytest.fixture
+def store_via(gcs_env: str) -> Callable[..., GCSStorage]:
+    """The shared fault tests' storages: the fresh bucket reached through another endpoint."""
+    return lambda endpoint, **overrides: gcs_at(gcs_env, endpoint, **overrides)
 
 
 @pytest.fixture
@@ -97,50 +110,6 @@ def test_refused_credentials_are_access_denied_at_once(
         storage.read_bytes("index.json")
     assert time.monotonic() - started < 5
     assert token_server.refusals == 1  # a refused key is final: not retried
-
-
-@pytest.fixture
-def proxied(
-    gcs_env: str, gcs_emulator: str, proxy_to: Callable[[str], FaultProxy]
-) -> tuple[GCSStorage, FaultProxy]:
-    proxy = proxy_to(gcs_emulator)
-    return gcs_at(gcs_env, proxy.url, retries=3), proxy
-
-
-def test_throttling_and_5xx_are_retried_until_they_succeed(proxied) -> None:
-    storage, proxy = proxied
-    storage.write_bytes("t.bin", b"payload")
-    proxy.inject(Fault("status", status=429), Fault("status", status=503))
-    assert storage.read_bytes("t.bin") == b"payload"
-    assert [m for m, _ in proxy.requests].count("GET") == 3
-
-
-def test_retries_are_bounded_and_the_error_names_endpoint_and_attempts(proxied) -> None:
-    storage, proxy = proxied
-    proxy.always = Fault("status", status=503)
-    with pytest.raises(StorageUnavailableError, match=r"after 4 attempts") as info:
-        storage.read_bytes("t.bin")
-    assert proxy.url in str(info.value)
-    assert len(proxy.requests) == 4
-
-
-def test_a_torn_body_is_read_again(proxied) -> None:
-    storage, proxy = proxied
-    data = bytes(range(256)) * 400
-    storage.write_bytes("torn.bin", data)
-    proxy.inject(Fault("truncate", match=lambda method, _path: method == "GET"))
-    assert storage.read_bytes("torn.bin") == data
-
-
-def test_a_server_that_does_not_answer_times_out_within_the_budget(
-    gcs_env: str, stalled_endpoint: str
-) -> None:
-    storage = gcs_at(gcs_env, stalled_endpoint, timeout=1.0, retries=1)
-    started = time.monotonic()
-    with pytest.raises(StorageUnavailableError, match="after 2 attempts"):
-        storage.read_bytes("index.json")
-    # Two attempts of one second each (plus millisecond backoffs), not the library's ~2 minutes.
-    assert 1.9 < time.monotonic() - started < 10
 
 
 def test_a_stopped_server_fails_fast_instead_of_retrying_for_minutes(
