@@ -532,4 +532,3 @@ def map_s3_error(
             f"{'s' if attempts != 1 else ''}: {detail}"
         )
     return StorageError(f"{op} {where} failed: {detail}")
-
