@@ -51,15 +51,15 @@ class Plan:
     targets: int = 10
     local_targets: int = 2  # the others are s3:// targets behind the fault proxy
     callers: int = 4
-    sources: tuple[int, ...] = (400, 600, 800, 1000, 1200, 1400)  # rows; distinct sizes
+    sources: tuple[int, ...] = (3000, 4000, 5000, 6000, 7000, 8000)  # rows; distinct sizes
     kills: int = 3
     sigterms: int = 1
     redis_restarts: int = 1
     s3_bursts: int = 4
     burst_seconds: float = 0.6
-    submit_seconds: float = 40.0  # submissions are spread over this long
+    submit_seconds: float = 60.0  # submissions are spread over this long
     # Faults happen within this long after the first job finished (so they meet running jobs).
-    faults_seconds: float = 60.0
+    faults_seconds: float = 50.0
     shutdown_timeout: float = 15.0  # WORKER_SHUTDOWN_TIMEOUT
     timeout: float = 900.0  # for every job to reach a final state
     housekeeping_interval: float = 5.0  # periodic housekeeping during the storm, grace 0
@@ -318,8 +318,8 @@ class Storm:
         self.rng.shuffle(events)
         restarts: list[threading.Thread] = []
         deadline = time.monotonic() + plan.timeout
-        while not self.outcome.jobs and time.monotonic() < deadline:
-            time.sleep(0.2)  # the callers record jobs as they finish
+        while not self._any_finished() and time.monotonic() < deadline:
+            time.sleep(0.5)
         origin = time.monotonic()
         for at, (kind, _) in zip(times, events):
             time.sleep(max(0.0, at - (time.monotonic() - origin)))
@@ -350,6 +350,13 @@ class Storm:
             self.outcome.faults.append(stamp)
         for thread in restarts:
             thread.join()
+
+    def _any_finished(self) -> bool:
+        """A first job has finished somewhere (Spark is up, work is flowing)."""
+        return any(
+            b'"job.finished"' in incarnation.log.read_bytes()
+            for slot in self.slots for incarnation in slot if incarnation.log.exists()
+        )
 
     def _alive_slot(self) -> int | None:
         """A worker to hit: one running a job if there is one (the fault meets work)."""
