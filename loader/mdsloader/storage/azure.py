@@ -31,15 +31,8 @@ from typing import Any, TypeVar
 
 from mdsloader.errors import MissingExtraError
 from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
-from mdsloader.storage.bucket import PrefixStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
-from mdsloader.storage.remote import (
-    FileSink,
-    Kind,
-    ProcessClient,
-    call_with_retries,
-    delete_concurrently,
-)
+from mdsloader.storage.remote import FileSink, Kind, ProcessClient, SdkStorage
 from mdsloader.storage.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -192,7 +185,7 @@ def _parse_connection_string(text: str) -> dict[str, str]:
     return {key.strip().lower(): value.strip() for key, value in pairs}
 
 
-class AzureStorage(PrefixStorage[AzureOptions]):
+class AzureStorage(SdkStorage[AzureOptions]):
     """A :class:`~mdsloader.storage.base.Storage` rooted at a container prefix in Azure Blob.
 
     Safe to share between threads (the SDK's clients are). Pickling keeps the settings only; a
@@ -211,6 +204,7 @@ class AzureStorage(PrefixStorage[AzureOptions]):
     """
 
     scheme = "azure"
+    _delete_threads = "mds-az-del"
 
     def __init__(self, url: str, *, options: AzureOptions | None = None) -> None:
         """Root the storage at ``url`` (see the class docstring)."""
@@ -349,19 +343,6 @@ class AzureStorage(PrefixStorage[AzureOptions]):
         """The object's size in bytes (one HEAD)."""
         return self._call("stat", relpath, lambda blob: int(blob.get_blob_properties().size))
 
-    def delete(self, relpath: str) -> None:
-        """Delete an object; a missing one is fine."""
-        self._delete_name(self._key(relpath))
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Delete every object ``list(prefix)`` returns, several at a time."""
-        return delete_concurrently(
-            self._delete_name,
-            self._list_names(prefix),
-            max_workers=self.options.max_concurrency,
-            thread_name_prefix="mds-az-del",
-        )
-
     # -- internals ---------------------------------------------------------------------------
 
     def _origin(self) -> str:
@@ -378,25 +359,6 @@ class AzureStorage(PrefixStorage[AzureOptions]):
     def _ul(self) -> dict[str, Any]:
         return {"overwrite": True, "max_concurrency": self.options.max_concurrency}
 
-    def _delete_name(self, name: str) -> None:
-        def delete() -> None:
-            try:
-                self._container().delete_blob(name)
-            except Exception as exc:
-                if _status(exc) != 404:
-                    raise
-
-        self._retrying("delete", name, delete)
-
-    def _list_names(self, prefix: str) -> list[str]:
-        full = self._root() + clean_prefix(prefix)
-
-        def list_all() -> list[str]:
-            blobs = self._container().list_blobs(name_starts_with=full or None)
-            return [blob.name for blob in blobs]
-
-        return sorted(self._retrying("list", full, list_all))
-
     def _container(self) -> Any:
         return self._clients.get().get_container_client(self.container)
 
@@ -405,15 +367,18 @@ class AzureStorage(PrefixStorage[AzureOptions]):
         key = self._key(relpath)
         return self._retrying(op, key, lambda: fn(self._container().get_blob_client(key)))
 
-    def _retrying(self, op: str, key: str, attempt: Callable[[], T]) -> T:
-        return call_with_retries(
-            attempt,
-            op=op,
-            where=f"{self._origin()}/{key}",
-            service=f"Azure Blob at {self.endpoint.url}",
-            policy=self.options.retry_policy,
-            classify=classify_azure_error,
-        )
+    def _classify(self, exc: BaseException) -> Kind | None:
+        return classify_azure_error(exc)
+
+    def _service(self) -> str:
+        return f"Azure Blob at {self.endpoint.url}"
+
+    def _list_all(self, full_prefix: str) -> list[str]:
+        blobs = self._container().list_blobs(name_starts_with=full_prefix or None)
+        return [blob.name for blob in blobs]
+
+    def _delete_one(self, name: str) -> None:
+        self._container().delete_blob(name)
 
 
 def _make_client(options: AzureOptions, endpoint: _Endpoint) -> Any:

@@ -26,16 +26,10 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from mdsloader.errors import MissingExtraError, StorageError
-from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
+from mdsloader.storage.base import STREAM_CHUNK, ByteSink
 from mdsloader.storage.bucket import BucketStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
-from mdsloader.storage.remote import (
-    ChunkingWriter,
-    FileSink,
-    Kind,
-    call_with_retries,
-    delete_concurrently,
-)
+from mdsloader.storage.remote import ChunkingWriter, FileSink, Kind, SdkStorage
 from mdsloader.storage.retry import RetryPolicy
 from mdsloader.storage.s3 import S3Options, S3Storage
 
@@ -92,7 +86,7 @@ class GCSOptions:
         return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
 
 
-class GCSStorage(BucketStorage[GCSOptions]):
+class GCSStorage(SdkStorage[GCSOptions], BucketStorage[GCSOptions]):
     """A :class:`~mdsloader.storage.base.Storage` rooted at ``gs://bucket/prefix``.
 
     Safe to share between threads (each thread gets its own client over shared credentials).
@@ -112,6 +106,7 @@ class GCSStorage(BucketStorage[GCSOptions]):
     service = "GCS"
     sdk_module = "google.cloud.storage"
     missing = _MISSING
+    _delete_threads = "mds-gcs-del"
 
     def read_bytes(self, relpath: str) -> bytes:
         """The whole object (one GET)."""
@@ -234,19 +229,6 @@ class GCSStorage(BucketStorage[GCSOptions]):
 
         return self._call("stat", key, stat)
 
-    def delete(self, relpath: str) -> None:
-        """Delete an object; a missing one is fine."""
-        self._delete_key(self._key(relpath))
-
-    def delete_prefix(self, prefix: str) -> int:
-        """Delete every object ``list(prefix)`` returns, several at a time."""
-        return delete_concurrently(
-            self._delete_key,
-            self._list_names(prefix),
-            max_workers=self.options.max_concurrency,
-            thread_name_prefix="mds-gcs-del",
-        )
-
     # -- internals ---------------------------------------------------------------------------
 
     def _default_options(self) -> GCSOptions:
@@ -268,41 +250,25 @@ class GCSStorage(BucketStorage[GCSOptions]):
     def _ul(self) -> dict[str, Any]:
         return {"timeout": self._timeout(), "retry": None}
 
-    def _delete_key(self, key: str) -> None:
-        def delete(blob: Any) -> None:
-            try:
-                blob.delete(**self._meta())
-            except Exception as exc:
-                if _status(exc) != 404:
-                    raise
-
-        self._call("delete", key, delete)
-
-    def _list_names(self, prefix: str) -> list[str]:
-        full = self._root() + clean_prefix(prefix)
-
-        def list_all() -> list[str]:
-            blobs = self._clients.get().list_blobs(self.bucket, prefix=full, **self._meta())
-            return [blob.name for blob in blobs]
-
-        return sorted(self._retrying("list", full, list_all))
+    def _blob(self, key: str) -> Any:
+        return self._clients.get().bucket(self.bucket).blob(key)
 
     def _call(self, op: str, key: str, fn: Callable[[Any], T]) -> T:
         """Run ``fn(blob)`` for the object ``key`` with retries; map what it finally raises."""
-        return self._retrying(
-            op, key, lambda: fn(self._clients.get().bucket(self.bucket).blob(key))
-        )
+        return self._retrying(op, key, lambda: fn(self._blob(key)))
 
-    def _retrying(self, op: str, key: str, attempt: Callable[[], T]) -> T:
-        endpoint = self.options.endpoint_url or "storage.googleapis.com"
-        return call_with_retries(
-            attempt,
-            op=op,
-            where=f"{self._origin()}/{key}",
-            service=f"GCS at {endpoint}",
-            policy=self.options.retry_policy,
-            classify=classify_gcs_error,
-        )
+    def _classify(self, exc: BaseException) -> Kind | None:
+        return classify_gcs_error(exc)
+
+    def _service(self) -> str:
+        return f"GCS at {self.options.endpoint_url or 'storage.googleapis.com'}"
+
+    def _list_all(self, full_prefix: str) -> list[str]:
+        blobs = self._clients.get().list_blobs(self.bucket, prefix=full_prefix, **self._meta())
+        return [blob.name for blob in blobs]
+
+    def _delete_one(self, name: str) -> None:
+        self._blob(name).delete(**self._meta())
 
 
 class GCSHmacStorage:

@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import Any, BinaryIO, ClassVar, Literal, TypeVar
 
 from mdsloader.errors import (
     AccessDeniedError,
@@ -22,10 +22,12 @@ from mdsloader.errors import (
     StorageError,
     StorageUnavailableError,
 )
-from mdsloader.storage.base import ByteSink
+from mdsloader.storage.base import ByteSink, clean_prefix
+from mdsloader.storage.bucket import PrefixStorage
 from mdsloader.storage.retry import RetryPolicy, retry_call
 
 T = TypeVar("T")
+OptionsT = TypeVar("OptionsT")
 Kind = Literal["not_found", "denied", "transient", "other"]
 log = logging.getLogger(__name__)
 
@@ -199,3 +201,73 @@ def delete_concurrently(
         for _ in pool.map(delete, names):
             pass
     return len(names)
+
+
+class SdkStorage(PrefixStorage[OptionsT]):
+    """What the SDK-backed stores (GCS, Azure Blob) do alike around their SDK's calls.
+
+    Every remote call goes through :meth:`_retrying` (:func:`call_with_retries` with the
+    backend's classifier); listing and deleting by full object name are built on two hooks,
+    :meth:`_list_all` and :meth:`_delete_one`. Subclasses set ``_delete_threads`` (the delete
+    pool's thread-name prefix) and define :meth:`_classify` and :meth:`_service`. The options
+    need ``retry_policy`` and ``max_concurrency``.
+    """
+
+    _delete_threads: ClassVar[str]
+
+    def delete(self, relpath: str) -> None:
+        """Delete an object; a missing one is fine."""
+        self._delete_name(self._key(relpath))
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object ``list(prefix)`` returns, several at a time."""
+        return delete_concurrently(
+            self._delete_name,
+            self._list_names(prefix),
+            max_workers=self.options.max_concurrency,  # type: ignore[attr-defined]
+            thread_name_prefix=self._delete_threads,
+        )
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def _classify(self, exc: BaseException) -> Kind | None:
+        """The backend's classifier of its SDK's exceptions (see :func:`call_with_retries`)."""
+        raise NotImplementedError
+
+    def _service(self) -> str:
+        """The store and its endpoint, for messages of unavailability."""
+        raise NotImplementedError
+
+    def _list_all(self, full_prefix: str) -> list[str]:
+        """One attempt at the names of all objects starting with ``full_prefix``."""
+        raise NotImplementedError
+
+    def _delete_one(self, name: str) -> None:
+        """One attempt at deleting the object ``name`` (a missing one may raise)."""
+        raise NotImplementedError
+
+    # -- shared internals --------------------------------------------------------------------
+
+    def _list_names(self, prefix: str) -> list[str]:
+        full = self._root() + clean_prefix(prefix)
+        return sorted(self._retrying("list", full, lambda: self._list_all(full)))
+
+    def _delete_name(self, name: str) -> None:
+        def delete() -> None:
+            try:
+                self._delete_one(name)
+            except Exception as exc:
+                if self._classify(exc) != "not_found":  # already gone is fine
+                    raise
+
+        self._retrying("delete", name, delete)
+
+    def _retrying(self, op: str, key: str, attempt: Callable[[], T]) -> T:
+        return call_with_retries(
+            attempt,
+            op=op,
+            where=f"{self._origin()}/{key}",
+            service=self._service(),
+            policy=self.options.retry_policy,  # type: ignore[attr-defined]
+            classify=self._classify,
+        )
