@@ -172,3 +172,47 @@ def scratch() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="mds-test-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+_reference_blocks: list = []
+
+
+def _track_reference_shared_memory() -> bool:
+    """Record every SharedMemory block the reference opens in this process (once per session)."""
+    try:
+        from streaming.base.shared import memory
+    except ImportError:  # the oracle is not installed: nothing to track
+        return False
+    if not getattr(memory.SharedMemory, "_mds_tracked", False):
+        original = memory.SharedMemory.__init__
+
+        def tracked(self, *args, **kwargs) -> None:
+            original(self, *args, **kwargs)
+            _reference_blocks.append(self)
+
+        memory.SharedMemory.__init__ = tracked
+        memory.SharedMemory._mds_tracked = True
+    return True
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_reference_shared_memory() -> Iterator[None]:
+    """Close (and unlink) the reference's shared memory when each test module ends.
+
+    The reference registers every block it opens with ``atexit`` and keeps it open until the
+    process exits: over the whole suite that is some 20,000 open file descriptors, the machine's
+    limit, after which every test fails with "Too many open files".
+    """
+    import atexit
+
+    tracking = _track_reference_shared_memory()
+    yield
+    if not tracking:
+        return
+    while _reference_blocks:
+        block = _reference_blocks.pop()
+        atexit.unregister(block.cleanup)
+        try:
+            block.cleanup()
+        except (OSError, BufferError):  # already unlinked elsewhere, or still viewed: leave it
+            pass
