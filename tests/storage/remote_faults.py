@@ -1,14 +1,17 @@
 """Faults within the configured retries and timeout, written once for the SDK-backed remotes (GCS
 and Azure; S3's own, more detailed, are in test_storage_s3_faults.py).
 
-A backend's test module imports these (``from remote_faults import *``) and defines two fixtures:
-``origin``, the emulator's ``http://host:port`` (what a fault proxy forwards to), and
+A backend's test module imports these (``from remote_faults import *``) and defines three
+fixtures: ``origin``, the emulator's ``http://host:port`` (what a fault proxy forwards to);
 ``store_via``, a factory ``store_via(endpoint, **option_overrides)`` of a storage on a fresh
-prefix that reaches the emulator's data through ``endpoint`` (a proxy, a silent or a closed port).
+prefix that reaches the emulator's data through ``endpoint`` (a proxy, a silent or a closed port);
+and ``store_in_a_missing_bucket``, a storage on the emulator whose bucket (container) does not
+exist.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,10 +19,11 @@ from typing import Any
 import pytest
 from storage_helpers import Fault, FaultProxy
 
-from mdsloader.errors import StorageUnavailableError
+from mdsloader.errors import ObjectNotFoundError, StorageUnavailableError
 
 __all__ = [
     "proxied",
+    "test_faults_a_missing_bucket_is_not_found",
     "test_faults_a_server_that_does_not_answer_times_out_within_the_budget",
     "test_faults_a_torn_body_is_read_again",
     "test_faults_an_absent_server_fails_fast",
@@ -85,3 +89,12 @@ def test_faults_an_absent_server_fails_fast(
     with pytest.raises(StorageUnavailableError, match="after 3 attempts"):
         storage.read_bytes("index.json")
     assert time.monotonic() - started < 5
+
+
+def test_faults_a_missing_bucket_is_not_found(store_in_a_missing_bucket: Any) -> None:
+    storage = store_in_a_missing_bucket
+    with pytest.raises(ObjectNotFoundError, match=re.escape(storage.child_url("index.json"))):
+        storage.read_bytes("index.json")
+    with pytest.raises(ObjectNotFoundError):
+        storage.list()
+    assert not storage.exists("index.json")

@@ -15,7 +15,7 @@ from remote_contract import payload
 from remote_faults import *  # noqa: F403 - and the shared fault tests
 from storage_helpers import FaultProxy
 
-from mdsloader.errors import AccessDeniedError, MissingExtraError, ObjectNotFoundError
+from mdsloader.errors import AccessDeniedError, MissingExtraError
 from mdsloader.storage import AzureOptions, AzureStorage, open_storage
 from mdsloader.storage.azure import parse_azure_url
 
@@ -55,6 +55,11 @@ def store_via(azure_env: str, azurite: str) -> Callable[..., AzureStorage]:
     return lambda endpoint, **overrides: azure_at(
         f"{azure_env}/x", with_endpoint(azurite, endpoint), **overrides
     )
+
+
+@pytest.fixture
+def store_in_a_missing_bucket(azure_env: str, azurite: str) -> AzureStorage:
+    return azure_at("azure://no-such-container/x", azurite)
 
 
 # -- URLs: two forms, one meaning each ----------------------------------------------------------
@@ -113,15 +118,6 @@ def test_the_connection_string_wins_and_both_forms_reach_the_same_blobs(
     plain.write_bytes("index.json", b"{}")
     assert hosted.read_bytes("index.json") == b"{}"
     assert hosted.child_url("index.json") == f"azure://{HOST}/{container}/ds/index.json"
-
-
-def test_missing_container_is_not_found(azure_env: str, azurite: str) -> None:
-    storage = azure_at("azure://no-such-container/x", azurite)
-    with pytest.raises(ObjectNotFoundError, match="no-such-container"):
-        storage.read_bytes("index.json")
-    with pytest.raises(ObjectNotFoundError):
-        storage.list()
-    assert not storage.exists("index.json")
 
 
 def test_large_objects_go_up_in_concurrent_blocks_committed_at_once(
