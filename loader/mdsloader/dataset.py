@@ -219,6 +219,32 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         ``zip_data``, columns, ...), streams concatenated: the reference's ``shards`` list."""
         return self._catalog.shards
 
+    # ---- order settings, read back as the reference's attributes ---------------------------
+
+    @property
+    def batching_method(self) -> str:
+        return self._options.batching_method
+
+    @property
+    def shuffle(self) -> bool:
+        return self._options.shuffle
+
+    @property
+    def shuffle_algo(self) -> str:
+        return self._options.shuffle_algo
+
+    @property
+    def partition_algo(self) -> str:
+        return self._options.partition_algo
+
+    @property
+    def sampling_method(self) -> str:
+        return self._options.sampling_method
+
+    @property
+    def sampling_granularity(self) -> int:
+        return self._options.sampling_granularity
+
     # ---- manual cache control -----------------------------------------------------------------
 
     def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:

@@ -290,3 +290,21 @@ def test_a_failed_local_download_names_the_missing_file(tmp_path):
         ids(ds)
     with pytest.raises(MDSError):
         ds[15]
+
+
+def test_order_settings_read_back_like_the_reference(tmp_path) -> None:
+    """batching_method, shuffle, shuffle_algo, partition_algo and the sampling settings are
+    attributes of the reference's dataset; training code reads them back."""
+    from mdsloader import MDSWriter, StreamingDataset
+
+    with MDSWriter(out=str(tmp_path / "d"), columns={"x": "int"}) as writer:
+        for i in range(8):
+            writer.write({"x": i})
+    ds = StreamingDataset(local=str(tmp_path / "d"), batch_size=2, shuffle=True,
+                          shuffle_algo="py1br", batching_method="per_stream",
+                          partition_algo="relaxed", sampling_method="fixed",
+                          sampling_granularity=2)  # fmt: skip
+    assert (ds.batching_method, ds.shuffle, ds.shuffle_algo, ds.partition_algo) == (
+        "per_stream", True, "py1br", "relaxed",
+    )  # fmt: skip
+    assert (ds.sampling_method, ds.sampling_granularity) == ("fixed", 2)
