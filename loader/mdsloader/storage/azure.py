@@ -25,7 +25,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from mdsloader.errors import MissingExtraError
 from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
 from mdsloader.storage.local import atomic_write, map_os_errors
 from mdsloader.storage.remote import FileSink, Kind, ProcessClient, SdkStorage
-from mdsloader.storage.retry import RetryPolicy
+from mdsloader.storage.retry import RetrySettings, with_overrides
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _valid_container(name: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class AzureOptions:
+class AzureOptions(RetrySettings):
     """Account, credentials, and retry and transfer settings of an :class:`AzureStorage`.
 
     Attributes:
@@ -133,12 +133,7 @@ class AzureOptions:
             account_name=env.get("AZURE_ACCOUNT_NAME") or env.get("AZURE_STORAGE_ACCOUNT") or None,
             account_key=env.get("AZURE_ACCOUNT_ACCESS_KEY") or env.get("AZURE_STORAGE_KEY") or None,
         )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        """The policy of our retry loop around every operation."""
-        return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
+        return with_overrides(base, overrides)
 
 
 @dataclass(frozen=True, slots=True)

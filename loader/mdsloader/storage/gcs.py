@@ -22,7 +22,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mdsloader.errors import MissingExtraError, StorageError
@@ -30,7 +30,7 @@ from mdsloader.storage.base import STREAM_CHUNK, ByteSink
 from mdsloader.storage.bucket import BucketStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
 from mdsloader.storage.remote import ChunkingWriter, FileSink, Kind, SdkStorage
-from mdsloader.storage.retry import RetryPolicy
+from mdsloader.storage.retry import RetrySettings, with_overrides
 from mdsloader.storage.s3 import S3Options, S3Storage
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ _MISSING = "gs:// storage needs google-cloud-storage, which is not installed: " 
 
 
 @dataclass(frozen=True, slots=True)
-class GCSOptions:
+class GCSOptions(RetrySettings):
     """Connection and retry settings of a :class:`GCSStorage`.
 
     Attributes:
@@ -78,12 +78,7 @@ class GCSOptions:
             project=env.get("GOOGLE_CLOUD_PROJECT") or None,
             credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS") or None,
         )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        """The policy of our retry loop around every operation."""
-        return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
+        return with_overrides(base, overrides)
 
 
 class GCSStorage(SdkStorage[GCSOptions], BucketStorage[GCSOptions]):
@@ -298,7 +293,7 @@ class GCSHmacStorage:
             access_key_id=os.environ.get("GCS_KEY"),
             secret_access_key=os.environ.get("GCS_SECRET"),
         )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+        return with_overrides(base, overrides)
 
     @property
     def options(self) -> S3Options:

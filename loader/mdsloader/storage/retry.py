@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+OptionsT = TypeVar("OptionsT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,29 @@ class RetryPolicy:
         # min() before the power would overflow for absurd retry counts; 2**62 is plenty.
         ceiling = min(self.cap, self.base * float(2 ** min(retry, 62)))
         return ceiling * rand()
+
+
+class RetrySettings:
+    """The retry fields a backend's frozen options dataclass carries, and the policy they make.
+
+    A mixin without fields of its own (empty ``__slots__``), so the subclasses' fields, equality,
+    ``repr`` and pickling are theirs alone.
+    """
+
+    __slots__ = ()
+    retries: int
+    backoff_base: float
+    backoff_cap: float
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The policy of our retry loop around every operation."""
+        return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
+
+
+def with_overrides(options: OptionsT, overrides: Mapping[str, Any]) -> OptionsT:
+    """``options`` (a dataclass) with the ``overrides`` whose value is not ``None``."""
+    return replace(options, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[type-var]
 
 
 def retry_call(

@@ -13,7 +13,7 @@ import io
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
 from mdsloader.storage.bucket import BucketStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
 from mdsloader.storage.remote import FileSink, ProcessClient
-from mdsloader.storage.retry import RetryPolicy, retry_call
+from mdsloader.storage.retry import RetrySettings, retry_call, with_overrides
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ _TRANSIENT_CODES = frozenset({
 
 
 @dataclass(frozen=True, slots=True)
-class S3Options:
+class S3Options(RetrySettings):
     """Connection, retry and transfer settings of an :class:`S3Storage`.
 
     Attributes:
@@ -100,12 +100,7 @@ class S3Options:
         endpoint = next((env[name] for name in names if env.get(name)), None)
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
         base = cls(endpoint_url=endpoint or None, region=region or None)
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        """The policy of our retry loop around every operation."""
-        return RetryPolicy(retries=self.retries, base=self.backoff_base, cap=self.backoff_cap)
+        return with_overrides(base, overrides)
 
 
 class S3Storage(BucketStorage[S3Options]):
