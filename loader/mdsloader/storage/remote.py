@@ -67,6 +67,45 @@ def call_with_retries(
     Raises:
         StorageError: The mapped failure, chained to the SDK's exception.
     """
+
+    def retryable(exc: BaseException) -> bool:
+        return not isinstance(exc, MDSError) and classify(exc) == "transient"
+
+    def map_error(exc: BaseException, attempts: int) -> StorageError | None:
+        kind = classify(exc)
+        if kind is None:
+            return None
+        return storage_error(kind, op=op, where=where, service=service, attempts=attempts, exc=exc)
+
+    def on_retry(retry: int, exc: BaseException, delay: float) -> None:
+        log.debug("%s retry %s %s: %d in %.3fs: %s", service, op, where, retry + 1, delay, exc)
+
+    return retry_then_map(
+        fn, policy=policy, is_retryable=retryable, map_error=map_error, on_retry=on_retry
+    )
+
+
+def retry_then_map(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    is_retryable: Callable[[BaseException], bool],
+    map_error: Callable[[BaseException, int], StorageError | None],
+    on_retry: Callable[[int, BaseException, float], None],
+) -> T:
+    """:func:`~mdsloader.storage.retry.retry_call`, then the final failure mapped (every backend).
+
+    Args:
+        fn: One attempt of the operation.
+        policy: Retries and backoff.
+        is_retryable: Whether a failure is worth another attempt.
+        map_error: The loader's error for the final failure and the number of attempts made, or
+            ``None`` to let the failure propagate unchanged (as every ``MDSError`` does).
+        on_retry: Called before each retry's sleep (for logging).
+
+    Raises:
+        StorageError: What ``map_error`` made, chained to the original exception.
+    """
     attempts = 0
 
     def attempt() -> T:
@@ -74,23 +113,15 @@ def call_with_retries(
         attempts += 1
         return fn()
 
-    def retryable(exc: BaseException) -> bool:
-        return not isinstance(exc, MDSError) and classify(exc) == "transient"
-
-    def on_retry(retry: int, exc: BaseException, delay: float) -> None:
-        log.debug("%s retry %s %s: %d in %.3fs: %s", service, op, where, retry + 1, delay, exc)
-
     try:
-        return retry_call(attempt, policy=policy, is_retryable=retryable, on_retry=on_retry)
+        return retry_call(attempt, policy=policy, is_retryable=is_retryable, on_retry=on_retry)
     except MDSError:
         raise
     except Exception as exc:
-        kind = classify(exc)
-        if kind is None:
+        mapped = map_error(exc, attempts)
+        if mapped is None:
             raise
-        raise storage_error(
-            kind, op=op, where=where, service=service, attempts=attempts, exc=exc
-        ) from exc
+        raise mapped from exc
 
 
 def storage_error(

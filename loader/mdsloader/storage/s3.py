@@ -28,8 +28,8 @@ from mdsloader.errors import (
 from mdsloader.storage.base import STREAM_CHUNK, ByteSink, clean_prefix
 from mdsloader.storage.bucket import BucketStorage
 from mdsloader.storage.local import atomic_write, map_os_errors
-from mdsloader.storage.remote import FileSink, ProcessClient
-from mdsloader.storage.retry import RetrySettings, retry_call, with_overrides
+from mdsloader.storage.remote import FileSink, ProcessClient, retry_then_map
+from mdsloader.storage.retry import RetrySettings, with_overrides
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -301,29 +301,23 @@ class S3Storage(BucketStorage[S3Options]):
 
     def _call(self, op: str, key: str, fn: Callable[[Any], T]) -> T:
         """Run ``fn(client)`` with retries; map whatever it finally raises to our errors."""
-        attempts = 0
 
-        def attempt() -> T:
-            nonlocal attempts
-            attempts += 1
-            return fn(self._clients.get())
+        def map_error(exc: BaseException, attempts: int) -> StorageError | None:
+            endpoint = self._endpoint()
+            return map_s3_error(
+                exc, op=op, bucket=self.bucket, key=key, endpoint=endpoint, attempts=attempts
+            )
 
         def on_retry(retry: int, exc: BaseException, delay: float) -> None:
             log.debug("s3.retry %s %s: retry %d in %.3fs: %s", op, key, retry + 1, delay, exc)
 
-        try:
-            policy = self.options.retry_policy
-            return retry_call(
-                attempt, policy=policy, is_retryable=is_retryable_s3_error, on_retry=on_retry
-            )
-        except Exception as exc:
-            endpoint = self._endpoint()
-            mapped = map_s3_error(
-                exc, op=op, bucket=self.bucket, key=key, endpoint=endpoint, attempts=attempts
-            )
-            if mapped is None:
-                raise
-            raise mapped from exc
+        return retry_then_map(
+            lambda: fn(self._clients.get()),
+            policy=self.options.retry_policy,
+            is_retryable=is_retryable_s3_error,
+            map_error=map_error,
+            on_retry=on_retry,
+        )
 
     def _endpoint(self) -> str:
         return self.options.endpoint_url or "the default AWS S3 endpoint"
