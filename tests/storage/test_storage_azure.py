@@ -15,7 +15,7 @@ from remote_contract import payload
 from remote_faults import *  # noqa: F403 - and the shared fault tests
 from storage_helpers import FaultProxy
 
-from mdsloader.errors import AccessDeniedError, MissingExtraError
+from mdsloader.errors import AccessDeniedError
 from mdsloader.storage import AzureOptions, AzureStorage, open_storage
 from mdsloader.storage.azure import parse_azure_url
 
@@ -149,19 +149,6 @@ def test_a_wrong_key_is_access_denied_at_once(azure_env: str, azurite: str) -> N
     with pytest.raises(AccessDeniedError, match="access denied"):
         storage.read_bytes("index.json")
     assert time.monotonic() - started < 5  # a 403 is final: no retries
-
-
-def test_missing_sdk_names_the_azure_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec",
-        lambda name, *a: None if name.startswith("azure") else real(name, *a),
-    )  # fmt: skip
-    monkeypatch.setenv("AZURE_ACCOUNT_NAME", "acct")
-    with pytest.raises(MissingExtraError, match=r"mds-loader\[azure\]"):
-        open_storage("azure://data/x")
 
 
 @pytest.mark.parametrize("url", ["oci://bucket/x", "hf://datasets/x", "dbfs:/Volumes/x",

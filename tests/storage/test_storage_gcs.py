@@ -17,7 +17,6 @@ from storage_helpers import Fault, fast_options
 
 from mdsloader.errors import (
     AccessDeniedError,
-    MissingExtraError,
     ObjectNotFoundError,
     StorageUnavailableError,
 )
@@ -152,18 +151,6 @@ def test_hmac_route_round_trips_through_an_s3_api(s3_endpoint: str, s3_bucket: s
     assert pickle.loads(pickle.dumps(storage)) == storage
     with pytest.raises(ObjectNotFoundError, match=r"gs://.*/ds/gone\.bin"):
         storage.read_bytes("gone.bin")
-
-
-def test_missing_sdk_names_the_gcs_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec",
-        lambda name, *a: None if name.startswith("google.cloud") else real(name, *a),
-    )  # fmt: skip
-    with pytest.raises(MissingExtraError, match=r"mds-loader\[gcs\]"):
-        open_storage("gs://bkt/ds")
 
 
 def test_conditional_writes_send_the_generation_and_report_412(proxied) -> None:

@@ -125,12 +125,6 @@ def test_unreachable_endpoint_raises_unavailable_after_the_retries(
         store.exists("index.json")  # an outage is not "missing"
 
 
-def test_missing_boto3_names_the_s3_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "boto3", None)  # makes `import boto3` fail
-    with pytest.raises(MissingExtraError, match=r"mds-loader\[s3\]"):
-        S3Storage("bucket")
-
-
 def test_boto3_lost_after_construction_also_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, s3_endpoint: str
 ) -> None:

@@ -14,6 +14,7 @@ from s3transfer.exceptions import RetriesExceededError
 
 from mdsloader.errors import (
     AccessDeniedError,
+    MissingExtraError,
     ObjectNotFoundError,
     StorageError,
     StorageUnavailableError,
@@ -234,6 +235,24 @@ def test_options_read_the_endpoint_variables_in_order(monkeypatch: pytest.Monkey
     assert (options.endpoint_url, options.region) == ("http://mosaic-style", "eu-west-1")
     assert (options.retries, options.timeout) == (1, 60.0)
     assert options.retry_policy == RetryPolicy(retries=1, base=0.25, cap=20.0)
+
+
+@pytest.mark.parametrize(
+    ("url", "sdk", "extra"),
+    [
+        ("s3://bkt/ds", "boto3", "s3"),
+        ("gs://bkt/ds", "google.cloud.storage", "gcs"),
+        ("azure://data/ds", "azure.storage.blob", "azure"),
+    ],
+)
+def test_a_missing_sdk_names_its_extra(
+    url: str, sdk: str, extra: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, sdk, None)  # find_spec and import both see it missing
+    for name in ("GCS_KEY", "GCS_SECRET"):  # the gs:// HMAC route would need boto3 instead
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(MissingExtraError, match=rf"mds-loader\[{extra}\]"):
+        open_storage(url)
 
 
 def test_s3_storage_refuses_bad_buckets() -> None:
