@@ -224,7 +224,7 @@ def test_submit_convert_and_read_back_every_row(api, env, source, worker, tmp_pa
 def test_cancel_a_running_job_publishes_nothing(api, env, worker, tmp_path) -> None:
     from mdsloader.storage import open_storage
 
-    big = write_source(tmp_path / "big", 40_000, files=8, pad=400)
+    big = write_source(env.base / "big", 40_000, files=8, pad=400)  # under the allowed root
     target = f"{env.bucket}/cancelled"
     job = submit(api, big, target, partitions=32, compression="gz:9")
     wait_for_written_shard(api, job["id"], target, worker)
@@ -240,39 +240,6 @@ def test_cancel_a_running_job_publishes_nothing(api, env, worker, tmp_path) -> N
         ("cancelling", "cancelled"),
     ]
     assert open_storage(target).list("") == []
-
-
-def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker) -> None:
-    from mdsloader.storage import open_storage
-
-    # The module's worker (Spark warm, short lease) is the one that dies; it is this module's
-    # last test. Only the restoring worker's visibility timeout matters for the redelivery.
-    big = write_source(tmp_path / "kill", 40_000, files=8, pad=400)
-    target = f"{env.bucket}/killed"
-    try:
-        job = submit(api, big, target, partitions=32, compression="gz:9")
-        wait_for_written_shard(api, job["id"], target, worker)
-    finally:
-        worker.kill()
-    store = RedisJobStore.from_url(env.settings.redis_url, prefix=env.prefix)
-    short = {"CELERY_VISIBILITY_TIMEOUT": "10", "WORKER_RESTORE_INTERVAL": "1"}
-    second = env.worker("second", **short).start()
-    try:
-        done = wait_for(api, job["id"], FINAL, timeout=180)
-        assert done["state"] == "succeeded", f"{done}\n{second.log_tail()}"
-    finally:
-        second.stop()
-    edges = [(t["source"], t["target"], t["attempt"]) for t in done["transitions"]]
-    assert edges == [
-        (None, "queued", 0),
-        ("queued", "running", 1),
-        ("running", "running", 2),
-        ("running", "succeeded", 2),
-    ]
-    assert done["attempts"] == 2 and done["result"]["samples"] == 40_000
-    storage = open_storage(target)
-    assert set(storage.list("")) == referenced_files(storage), "orphaned shards after redelivery"
-    assert store.client.exists(store.lease_key(job["id"])) == 0
 
 
 def test_the_worker_refuses_a_record_altered_in_redis(api, env, worker) -> None:
@@ -355,3 +322,36 @@ def test_daily_appends_on_s3_while_a_loader_streams_the_old_index(
     # The reader of the first index finishes its epoch: exactly the first slice's rows.
     rest = [int(sample["id"]) for sample in stream]
     assert sorted(first_half + rest) == list(range(1000))
+
+
+def test_kill_9_mid_job_is_redelivered_and_completes(api, env, tmp_path, worker) -> None:
+    from mdsloader.storage import open_storage
+
+    # The module's worker (Spark warm, short lease) is the one that dies; it is this module's
+    # last test. Only the restoring worker's visibility timeout matters for the redelivery.
+    big = write_source(env.base / "kill", 40_000, files=8, pad=400)
+    target = f"{env.bucket}/killed"
+    try:
+        job = submit(api, big, target, partitions=32, compression="gz:9")
+        wait_for_written_shard(api, job["id"], target, worker)
+    finally:
+        worker.kill()
+    store = RedisJobStore.from_url(env.settings.redis_url, prefix=env.prefix)
+    short = {"CELERY_VISIBILITY_TIMEOUT": "10", "WORKER_RESTORE_INTERVAL": "1"}
+    second = env.worker("second", **short).start()
+    try:
+        done = wait_for(api, job["id"], FINAL, timeout=180)
+        assert done["state"] == "succeeded", f"{done}\n{second.log_tail()}"
+    finally:
+        second.stop()
+    edges = [(t["source"], t["target"], t["attempt"]) for t in done["transitions"]]
+    assert edges == [
+        (None, "queued", 0),
+        ("queued", "running", 1),
+        ("running", "running", 2),
+        ("running", "succeeded", 2),
+    ]
+    assert done["attempts"] == 2 and done["result"]["samples"] == 40_000
+    storage = open_storage(target)
+    assert set(storage.list("")) == referenced_files(storage), "orphaned shards after redelivery"
+    assert store.client.exists(store.lease_key(job["id"])) == 0
