@@ -42,6 +42,33 @@ def test_different_targets_stay_different() -> None:
     assert normalise_target("s3://b/x") != normalise_target("/b/x")
 
 
+def test_nested_targets_exclude_each_other(store) -> None:
+    leases = TargetLeases(store)
+    assert leases.acquire("s3://b/x", "job-a", 5) is None
+    # A part of a split job's target, and the parent of it, are both taken by job-a.
+    assert leases.acquire("s3://b/x/train", "job-b", 5) == "job-a"
+    assert leases.acquire("s3://B/x/train/", "job-b", 5) == "job-a"
+    assert leases.acquire("s3://b", "job-b", 5) == "job-a"
+    # Siblings and look-alike prefixes are other targets.
+    assert leases.acquire("s3://b/x2", "job-c", 5) is None
+    assert leases.acquire("s3://b/y/x", "job-d", 5) is None
+    assert leases.acquire("s3://b/x", "job-a", 5) is None  # the holder keeps it
+    assert leases.renew("s3://b/x", "job-a", 5)
+    leases.release("s3://b/x", "job-a")
+    assert leases.acquire("s3://b/x/train", "job-b", 5) is None
+    assert leases.acquire("s3://b/x", "job-a", 5) == "job-b"
+
+
+def test_an_expired_nested_lease_does_not_block(store) -> None:
+    import time
+
+    leases = TargetLeases(store)
+    assert leases.acquire("/data/x/part", "dead-job", 0.2) is None
+    assert leases.acquire("/data/x", "job", 5) == "dead-job"
+    time.sleep(0.3)  # the holder died: its lease expires, entry and all
+    assert leases.acquire("/data/x", "job", 5) is None
+
+
 @pytest.fixture
 def settings(redis_server, prefix) -> WorkerSettings:
     return WorkerSettings(
