@@ -75,15 +75,18 @@ def _open_parquet(plan: DirectPlan, split: FileSplit) -> Any:
         meta.schema.column(i).path for i in range(meta.num_columns)
         if meta.schema.column(i).physical_type == "INT96"
     }
-    file = pq.ParquetFile(split.path, metadata=meta, coerce_int96_timestamp_unit="us")
-    _check_types(plan, split, file.schema_arrow, int96)
+    options = {"metadata": meta, "coerce_int96_timestamp_unit": "us"}
+    with pq.ParquetFile(split.path, **options) as file:
+        _check_types(plan, split, file.schema_arrow, int96)
     groups = _row_groups(meta, split)
 
     def batches() -> Iterator[pa.RecordBatch]:
+        # Opened only now: a partition of thousands of small files never holds them all open.
         if names and groups:
-            yield from file.iter_batches(
-                batch_size=BATCH_ROWS, row_groups=groups, columns=names, use_threads=False
-            )
+            with pq.ParquetFile(split.path, **options) as file:
+                yield from file.iter_batches(
+                    batch_size=BATCH_ROWS, row_groups=groups, columns=names, use_threads=False
+                )
             return
         for group in groups:  # only partition columns are selected
             yield _empty_rows(meta.row_group(group).num_rows)
@@ -95,10 +98,10 @@ def _open_orc(plan: DirectPlan, split: FileSplit) -> Any:
     from pyarrow import orc
 
     names = [name for name, _ in plan.data_columns]
-    file = orc.ORCFile(split.path)
-    _check_types(plan, split, file.schema, set())
+    _check_types(plan, split, orc.ORCFile(split.path).schema, set())
 
     def batches() -> Iterator[pa.RecordBatch]:
+        file = orc.ORCFile(split.path)  # opened only now, as for Parquet
         for stripe in range(file.nstripes):
             if names:
                 yield file.read_stripe(stripe, columns=names)
