@@ -22,10 +22,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
-from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame, SparkSession
 
 from mdsloader.errors import MDSError
@@ -33,8 +32,6 @@ from mdsloader.mds.compression import get_codec
 from mdsloader.mds.hashing import check_hash_names
 from mdsloader.mds.index import Index, parse_index
 from mdsloader.storage import Storage, open_storage
-from worker.convert.direct_plan import DirectPlan, NotDirect, plan_direct_read
-from worker.convert.direct_read import DirectPartitionWriter
 from worker.convert.failures import to_conversion_error
 from worker.convert.model import ConversionResult, ConversionSpec, Mode, NullPolicy
 from worker.convert.null_tally import NullTally
@@ -42,6 +39,12 @@ from worker.convert.nulls import NullCounts, apply_null_policy, null_error
 from worker.convert.partitions import RESULT_SCHEMA, PartitionWriter, WriteOptions
 from worker.convert.progress import JobMonitor, ProgressCallback
 from worker.convert.publish import INDEX, PartitionOutput, Publisher, check_run_dir
+from worker.convert.read_paths import (
+    ReadPath,
+    choose_read_path,
+    with_progress_channel,
+    write_direct,
+)
 from worker.convert.row_select import apply_filter, split_frames
 from worker.convert.schema import ColumnPlan, mds_columns, plan_columns, projection
 from worker.convert.source import resolve_source
@@ -49,7 +52,6 @@ from worker.errors import ConversionCancelled, ConversionError, PermanentConvers
 
 MAX_SIZE_LIMIT = (1 << 32) - 1  # uint32 offsets (mds-format.md 1.3)
 _CANCELLED = "the conversion was cancelled; nothing was published"
-ReadPath = Literal["auto", "spark"]
 log = logging.getLogger(__name__)
 
 
@@ -242,11 +244,13 @@ def _write(
     if partitions:
         rows = rows.repartition(int(partitions))
     projected = rows.select(*projection(request.plans))
-    direct, reason = _choose_read_path(projected, request, policy, partitions, read_path)
-    options = _with_channel(request.options, monitor, df.sparkSession)
+    direct, reason = choose_read_path(
+        projected, request.plans, policy.name, partitions, read_path
+    )
+    options = with_progress_channel(request.options, monitor, df.sparkSession)
     if direct is not None:
         monitor.read_path, monitor.phase = "direct", "writing"
-        collected = _write_direct(df.sparkSession, direct, options, monitor)
+        collected = write_direct(df.sparkSession, direct, options, monitor)
         unreadable = [row["unreadable"] for row in collected if row.get("unreadable")]
         if not unreadable:
             return _Written(collected, "direct", reason)
@@ -260,55 +264,6 @@ def _write(
     writer = PartitionWriter(options, monitor.counters)
     collected = [row.asDict() for row in projected.mapInArrow(writer, RESULT_SCHEMA).collect()]
     return _Written(collected, "spark", reason)
-
-
-def _choose_read_path(
-    projected: DataFrame,
-    request: _Request,
-    policy: _NullPolicy,
-    partitions: int | None,
-    read_path: ReadPath,
-) -> tuple[DirectPlan | None, str]:
-    """(the direct plan, or None for ``mapInArrow``; why)."""
-    if read_path == "spark":
-        return None, "the caller asked for Spark's read path"
-    if policy.name != "error":
-        return None, f"null_policy={policy.name!r} is applied by Spark"
-    if partitions:
-        return None, "partitions: Spark repartitions the rows"
-    try:
-        plan = plan_direct_read(projected, request.plans)
-    except NotDirect as exc:
-        return None, str(exc)
-    except Py4JError as exc:  # another Spark version's plan classes: stay on the safe path
-        return None, f"Spark's read plan is not available ({type(exc).__name__})"
-    files = sum(len(split) for split in plan.splits)
-    return plan, (
-        f"a bare {plan.file_format} scan: {files} file split(s) in {len(plan.splits)} "
-        "partition(s) read by pyarrow on the executors"
-    )
-
-
-def _with_channel(options: WriteOptions, monitor: JobMonitor, spark: SparkSession) -> WriteOptions:
-    conf = spark.sparkContext.getConf()
-    host = conf.get("spark.driver.bindAddress", None) or conf.get("spark.driver.host", "127.0.0.1")
-    channel = monitor.open_channel(host or "127.0.0.1")
-    if channel is None:
-        return options
-    return replace(options, progress_address=channel.address, progress_token=channel.token)
-
-
-def _write_direct(
-    spark: SparkSession, plan: DirectPlan, options: WriteOptions, monitor: JobMonitor
-) -> list[Mapping[str, Any]]:
-    monitor.partitions_total = len(plan.splits)
-    if not plan.splits:
-        return []
-    writer = DirectPartitionWriter(options, plan, monitor.counters)
-    items = list(enumerate(plan.splits))
-    # One element per slice, so task i writes Spark partition i (as mapInArrow would).
-    rdd = spark.sparkContext.parallelize(items, len(items)).mapPartitions(writer)
-    return rdd.collect()
 
 
 def _check_nulls(rows: list[Mapping[str, Any]], policy: NullPolicy) -> None:
