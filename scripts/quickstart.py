@@ -251,8 +251,8 @@ or with the CLI:
   MDS_CONVERT_URL={session.api_url} MDS_CONVERT_TOKEN={session.token} \\
     .venv/bin/mds-convert submit {shlex.quote(table.source_table)} {target_root}/cli-events --wait
 Your own tables: path-based ones (parquet.`/path`, orc.`...`, json.`...`, csv.`...`) under a folder
-listed in APP_ALLOWED_SOURCE_PATHS (set it before starting; the demo folder is allowed); catalog
-tables live in the worker's embedded Derby metastore, which only one JVM may open.""",
+listed in APP_ALLOWED_SOURCE_PATHS (set it before starting; the demo folder is allowed);
+catalog tables live in the worker's embedded Derby metastore, which only one JVM may open.""",
           flush=True)  # fmt: skip
     while True:
         session.supervisor.check_alive()
