@@ -22,6 +22,7 @@ from app.main import celery_enqueuer, create_app
 from app.settings import AppSettings
 from tests.conftest import free_port, require
 from tests.service.conftest import AUTH, TOKEN, LiveServer
+from tests.service.fleet import published_files as referenced_files
 from tests.service.workers import CeleryWorker
 from worker.jobs import RedisJobStore
 
@@ -161,14 +162,6 @@ def read_dataset(target: str, local: Path) -> list[dict]:
     return [dataset[i] for i in range(len(dataset))]
 
 
-def referenced_files(storage) -> set[str]:
-    """The index, its shards, and each partition directory's own index.json (mds-format 1.1)."""
-    index = json.loads(storage.read_bytes("index.json"))
-    names = {"index.json"}
-    for shard in index["shards"]:
-        basename = (shard["zip_data"] or shard["raw_data"])["basename"]
-        names |= {basename, f"{basename.rpartition('/')[0]}/index.json"}
-    return names
 
 
 def assert_same_rows(samples: list[dict], rows: int) -> None:
