@@ -239,7 +239,7 @@ def serve_forever(session: Session, table: DemoTable) -> None:
     print(f"""
 The service is running. Press Ctrl-C to stop it.
   API          {session.api_url}   (OpenAPI docs: {session.api_url}/docs)
-  console      {session.api_url}/ui   (sign in with the token below)
+  console      {session.api_url}/ui   (sign in with the API token)
   token        {session.token}
   targets      local directories under {target_root}
   demo table   {table.source_table}

@@ -146,7 +146,7 @@ def test_quickstart_serve_runs_the_service_until_interrupted(
     try:
         output = reader.until("Press Ctrl-C to stop", timeout=120)
         output = reader.until("catalog tables live", timeout=10)
-        token = re.search(r"token\s+(\S+)", output).group(1)
+        token = re.search(r"^\s*token\s+(\S+)", output, re.MULTILINE).group(1)
         assert f"using {redis_server.url}" in output  # a reachable Redis is used, not replaced
         worker_pgid = port_in(output, r"Celery worker pid (\d+)")
 
@@ -191,6 +191,7 @@ def wait_for_final(client: httpx.Client, job_id: str, timeout: float = 150) -> d
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get(f"/v1/jobs/{job_id}").json()
+        assert "state" in job, job  # a problem body: say which
         if job["state"] in {"succeeded", "failed", "cancelled"}:
             return job
         time.sleep(0.3)
