@@ -76,6 +76,10 @@ def services(workdir: Path):
         "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "APP_API_TOKENS": TOKEN,
         "APP_ALLOWED_TARGETS": "s3://bench",
+        # No worker consumes the jobs: lift the per-principal quota and the queue bound, which
+        # would otherwise answer most submissions with 429 (that path is measured by the tests).
+        "APP_MAX_ACTIVE_JOBS": "1000000",
+        "APP_MAX_QUEUE_DEPTH": "1000000",
         "APP_LOG_JSON": "true",
         "DATA_DIR": str(workdir),
     }
