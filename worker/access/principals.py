@@ -177,12 +177,13 @@ def load_principals_file(path: Path, defaults: CatalogDefaults) -> list[Principa
         where = f"{path}: principal {entry.name!r}"
         if entry.name in seen_names or entry.name == ANONYMOUS:
             raise AccessConfigError(f"{where}: the name is used twice or reserved")
-        digests = tuple(d if d.startswith("sha256:") else "sha256:" + d for d in entry.tokens)
+        principal = principal_from_entry(entry, defaults, where)
+        digests = principal.digests
         if seen_digests.intersection(digests) or len(set(digests)) != len(digests):
             raise AccessConfigError(f"{where}: a token digest is listed twice")
         seen_names.add(entry.name)
         seen_digests.update(digests)
-        principals.append(principal_from_entry(entry, defaults, where))
+        principals.append(principal)
     return principals
 
 
