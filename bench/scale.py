@@ -41,6 +41,7 @@ Usage: ``python bench/scale.py [--sizes 1e7,1e8,1e9] [--quick] [--data DIR]``
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import resource
@@ -84,7 +85,8 @@ def write_template(out: Path, per_shard: int) -> dict[str, Any]:
 def make_dataset(out: Path, num_shards: int, per_shard: int = PER_SHARD) -> Path:
     """A dataset of ``num_shards`` hard links of one shard file, with a matching ``index.json``.
 
-    Reused when its index already exists. Shard names follow the writer's ``shard.{n:05}.mds``.
+    Reused when its index already exists. Past the filesystem's link limit, the file is copied
+    once and the copy linked on. Shard names follow the writer's ``shard.{n:05}.mds``.
     """
     if (out / "index.json").exists():
         return out
@@ -99,7 +101,14 @@ def make_dataset(out: Path, num_shards: int, per_shard: int = PER_SHARD) -> Path
     shards = []
     for number in range(num_shards):
         name = f"shard.{number:05}.mds"
-        os.link(source, staging / name)
+        try:
+            os.link(source, staging / name)
+        except OSError as exc:
+            if exc.errno != errno.EMLINK:
+                raise
+            # ext4 allows 65,000 links per inode: start a new one (same bytes).
+            shutil.copyfile(source, staging / name)
+            source = staging / name
         shards.append({**entry, "raw_data": {**entry["raw_data"], "basename": name}})
     # The writer's exact form: one line, sorted keys (see ../shared/mds-format.md, 1.2).
     (staging / "index.json").write_text(

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from mdsloader.errors import (
     ChecksumError,
     CompressionError,
@@ -90,6 +92,20 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _size_str(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _mtime_ns(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 class ShardCache:
     """Makes shards local on demand for every stream of one dataset.
 
@@ -107,36 +123,62 @@ class ShardCache:
         stream_of_shard: Sequence[int],
         cache_limit: int | None = None,
     ) -> None:
+        from mdsloader.mds.index import ShardTable
+
         self.streams = list(streams)
-        self.shards = list(shards)
-        self.stream_of_shard = [int(s) for s in stream_of_shard]
+        # Columnar: paths are derived per call from a stream root and a basename, so that a
+        # dataset of 100,000 shards builds no per-shard Path (or any other object) up front.
+        self.shards = shards if isinstance(shards, ShardTable) else ShardTable.from_infos(shards)
+        self.stream_of_shard: list[int] = np.asarray(stream_of_shard, np.int64).tolist()
         self.cache_limit = cache_limit
-        self._raw = [self._path(i, s.raw_data.basename) for i, s in enumerate(self.shards)]
-        self._zip = [
-            None if s.zip_data is None else self._path(i, s.zip_data.basename)
-            for i, s in enumerate(self.shards)
-        ]
+        self._roots = [stream.local_root for stream in self.streams]
+        self._root_strs = [os.fspath(root) for root in self._roots]
+        self._remote = [stream.has_remote for stream in self.streams]
         self._check_hash_algorithms()
 
-    def _path(self, shard_id: int, basename: str) -> Path:
-        return self.streams[self.stream_of_shard[shard_id]].local_root / basename
-
     def _check_hash_algorithms(self) -> None:
-        for shard_id, shard in enumerate(self.shards):
-            algo = self.streams[self.stream_of_shard[shard_id]].validate_hash
-            if algo and algo not in shard.hashes:
-                raise HashError(
-                    f"validate_hash={algo!r} but shard {shard.raw_data.basename!r} only records "
-                    f"hashes {list(shard.hashes)}"
-                )
+        """Every shard records the digest its stream validates (checked per layout, not shard)."""
+        table = self.shards
+        if not len(table):
+            return
+        stream_of = np.asarray(self.stream_of_shard, np.int64)
+        bad = np.zeros(len(table), bool)
+        for stream_id, stream in enumerate(self.streams):
+            algo = stream.validate_hash
+            if not algo:
+                continue
+            missing = [k for k, layout in enumerate(table.layouts) if algo not in layout[4]]
+            if missing:
+                bad |= (stream_of == stream_id) & np.isin(table.layout_of, missing)
+        if bad.any():
+            first = int(bad.argmax())
+            algo = self.streams[self.stream_of_shard[first]].validate_hash
+            raise HashError(
+                f"validate_hash={algo!r} but shard {table.raw_names[first]!r} only records "
+                f"hashes {list(table.layouts[int(table.layout_of[first])][4])}"
+            )
 
     def raw_path(self, shard_id: int) -> Path:
         """Where the shard's uncompressed file lives (or will live) on this node."""
-        return self._raw[shard_id]
+        return self._roots[self.stream_of_shard[shard_id]] / self.shards.raw_names[shard_id]
+
+    def zip_path(self, shard_id: int) -> Path | None:
+        """Where the shard's compressed file lives on this node, or None if it has none."""
+        name = self.shards.zip_names[shard_id]
+        return None if name is None else self._roots[self.stream_of_shard[shard_id]] / name
+
+    def _file_strs(self, shard_id: int) -> list[str]:
+        """The shard's raw and (if any) zip paths, as strings (cheap, for scans of all shards)."""
+        root = self._root_strs[self.stream_of_shard[shard_id]]
+        paths = [os.path.join(root, self.shards.raw_names[shard_id])]
+        name = self.shards.zip_names[shard_id]
+        if name is not None:
+            paths.append(os.path.join(root, name))
+        return paths
 
     def is_local(self, shard_id: int) -> bool:
         """Whether the shard's raw file is present and complete."""
-        return self._raw[shard_id].exists()
+        return self.raw_path(shard_id).exists()
 
     def ensure(self, shard_id: int) -> Path:
         """Make a shard's raw file local (download, validate, decompress) and mark it used.
@@ -152,7 +194,7 @@ class ShardCache:
             ChecksumError: The downloaded file does not match the index digest.
             StorageError: The download kept failing after the stream's retries.
         """
-        raw = self._raw[shard_id]
+        raw = self.raw_path(shard_id)
         if not self.touch(shard_id):
             self._prepare_locked(shard_id, blocking=True)
         return raw
@@ -163,7 +205,7 @@ class ShardCache:
         Returns:
             The raw file's path, or None (at once) when the shard is being prepared elsewhere.
         """
-        raw = self._raw[shard_id]
+        raw = self.raw_path(shard_id)
         if self.touch(shard_id) or self._prepare_locked(shard_id, blocking=False):
             return raw
         return None
@@ -178,7 +220,7 @@ class ShardCache:
 
     def _shard_lock(self, shard_id: int) -> Path:
         stream = self.streams[self.stream_of_shard[shard_id]]
-        return stream.lock_path(_lock_name(self.shards[shard_id].raw_data.basename))
+        return stream.lock_path(_lock_name(self.shards.raw_names[shard_id]))
 
     def touch(self, shard_id: int) -> bool:
         """Mark a shard as just used (its LRU stamp); returns whether its raw file is present.
@@ -186,8 +228,8 @@ class ShardCache:
         Files of streams without a remote are never evicted, so they are never stamped either:
         a local dataset directory may be read-only, and its mtimes are the user's.
         """
-        raw = self._raw[shard_id]
-        if not self.streams[self.stream_of_shard[shard_id]].has_remote:
+        raw = self.raw_path(shard_id)
+        if not self._remote[self.stream_of_shard[shard_id]]:
             return raw.exists()
         return self._touch(raw)
 
@@ -200,7 +242,7 @@ class ShardCache:
         return True
 
     def _prepare(self, shard_id: int, stream: Stream) -> None:
-        shard, raw, zipped = self.shards[shard_id], self._raw[shard_id], self._zip[shard_id]
+        shard, raw, zipped = self.shards[shard_id], self.raw_path(shard_id), self.zip_path(shard_id)
         _remove_parts(raw)
         if zipped is None:
             self._fetch(shard_id, stream, shard.raw_data, raw)
@@ -256,10 +298,10 @@ class ShardCache:
             return False
         if not stream.has_remote:
             raise ObjectNotFoundError(
-                f"shard file {self._zip[shard_id]} is missing and stream {stream.local_root} "
+                f"shard file {self.zip_path(shard_id)} is missing and stream {stream.local_root} "
                 "has no remote"
             )
-        raw, zipped = self._raw[shard_id], self._zip[shard_id]
+        raw, zipped = self.raw_path(shard_id), self.zip_path(shard_id)
         keep = zipped if stream.keep_zip_files else None
         marker = self._make_room(shard_id)
         raw.parent.mkdir(parents=True, exist_ok=True)
@@ -305,15 +347,14 @@ class ShardCache:
 
     def shard_bytes(self, shard_id: int) -> int:
         """Bytes one shard occupies when fully local (raw plus zip, as the index states)."""
-        shard = self.shards[shard_id]
-        zipped = 0 if shard.zip_data is None else shard.zip_data.bytes
-        return int(shard.raw_data.bytes) + int(zipped)
+        return int(self.shards.raw_bytes[shard_id]) + int(self.shards.zip_bytes[shard_id])
 
     def usage(self) -> int:
         """Bytes currently used on disk by the indexes and shard files of this dataset."""
         total = sum(_size(s.local_root / INDEX_BASENAME) for s in self.streams)
-        total += sum(_size(p) for p in self._raw)
-        return total + sum(_size(p) for p in self._zip if p is not None)
+        for shard_id in range(len(self.shards)):
+            total += sum(_size_str(path) for path in self._file_strs(shard_id))
+        return total
 
     def _make_room(self, shard_id: int) -> Path | None:
         """Evict least recently used remote-backed shards until ``shard_id`` fits the budget.
@@ -366,11 +407,11 @@ class ShardCache:
 
     def _eviction_order(self, exclude: int) -> list[int]:
         stamped = []
-        for shard_id, raw in enumerate(self._raw):
-            if shard_id == exclude or not self.streams[self.stream_of_shard[shard_id]].has_remote:
+        remote = self._remote
+        for shard_id, stream_id in enumerate(self.stream_of_shard):
+            if shard_id == exclude or not remote[stream_id]:
                 continue
-            paths = [p for p in (raw, self._zip[shard_id]) if p is not None]
-            mtimes = [p.stat().st_mtime_ns for p in paths if p.exists()]
+            mtimes = [m for m in map(_mtime_ns, self._file_strs(shard_id)) if m is not None]
             if mtimes:
                 stamped.append((max(mtimes), shard_id))
         return [shard_id for _, shard_id in sorted(stamped)]
@@ -382,10 +423,10 @@ class ShardCache:
 
     def evict(self, shard_id: int) -> int:
         """Delete a shard's local files if it has a remote copy; returns the bytes freed."""
-        if not self.streams[self.stream_of_shard[shard_id]].has_remote:
+        if not self._remote[self.stream_of_shard[shard_id]]:
             return 0
         freed = 0
-        for path in (self._raw[shard_id], self._zip[shard_id]):
+        for path in (self.raw_path(shard_id), self.zip_path(shard_id)):
             if path is None:
                 continue
             size = _size(path)

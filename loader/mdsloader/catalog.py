@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from mdsloader.errors import EmptyDatasetError, UnsafeTypeError
 
 if TYPE_CHECKING:
+    from mdsloader.mds.index import ShardTable
     from mdsloader.stream import Stream
 
 
@@ -25,7 +26,9 @@ class Catalog:
     """All shards of a dataset and the arrays that locate samples in them.
 
     Attributes:
-        shards: Every shard's ``ShardInfo``, streams concatenated.
+        shards: Every shard's ``ShardInfo``, streams concatenated, as a columnar
+            :class:`~mdsloader.mds.index.ShardTable` (entries are built when first read; the
+            hot paths read its arrays).
         stream_of_shard: Stream index of each shard.
         samples_per_shard: Samples in each shard.
         shard_ends: ``cumsum(samples_per_shard)``: the global id just past each shard.
@@ -34,7 +37,7 @@ class Catalog:
         index_bytes: Total size of the streams' ``index.json`` files.
     """
 
-    shards: tuple[Any, ...]
+    shards: ShardTable
     stream_of_shard: NDArray[np.int64]
     samples_per_shard: NDArray[np.int64]
     shard_ends: NDArray[np.int64]
@@ -50,14 +53,17 @@ class Catalog:
     @property
     def max_shard_bytes(self) -> int:
         """The largest raw-plus-zip size of any shard (for the cache-limit check)."""
-        return max(
-            (s.raw_data.bytes + (s.zip_data.bytes if s.zip_data else 0) for s in self.shards),
-            default=0,
-        )
+        if not len(self.shards):
+            return 0
+        return int((self.shards.raw_bytes + self.shards.zip_bytes).max())
 
 
 def check_safe(shards: Sequence[Any], *, allow_unsafe_types: bool, source: str) -> None:
     """Refuse datasets with ``pkl`` columns unless explicitly allowed, before anything decodes.
+
+    Args:
+        shards: Shard entries (anything with ``column_names`` and ``column_encodings``); one per
+            distinct layout is enough.
 
     Raises:
         UnsafeTypeError: Naming the first unsafe column.
@@ -78,37 +84,43 @@ def check_safe(shards: Sequence[Any], *, allow_unsafe_types: bool, source: str) 
 def load_catalog(streams: Sequence[Stream], *, allow_unsafe_types: bool) -> Catalog:
     """Fetch every stream's index and build the catalog.
 
+    Per-shard work is columnar (numpy arrays and lists from the index parser): no per-shard
+    Python object is built here, so 100,000 shards cost little more than parsing the JSON.
+
     Raises:
         EmptyDatasetError: A stream has no samples (a ``ValueError`` and a ``RuntimeError``).
         UnsafeTypeError: A ``pkl`` column without ``allow_unsafe_types``.
         IndexFormatError: An index is malformed.
     """
-    from mdsloader.mds.index import parse_index
+    from mdsloader.mds.index import ShardTable, parse_shard_table
 
-    shards: list[Any] = []
-    stream_of_shard: list[int] = []
+    tables: list[ShardTable] = []
     samples_per_stream, shards_per_stream = [], []
     index_bytes = 0
-    for stream_id, stream in enumerate(streams):
+    for stream in streams:
         data = stream.fetch_index()
         source = str(stream.local_root / "index.json")
-        index = parse_index(data, source=source)
-        check_safe(index.shards, allow_unsafe_types=allow_unsafe_types, source=source)
-        count = sum(int(shard.samples) for shard in index.shards)
+        table = parse_shard_table(data, source=source)
+        index_bytes += len(data)
+        del data
+        # The first shard of each layout, in shard order: the first unsafe column found is the
+        # same as when every shard is checked.
+        firsts = [table[i] for i in table.first_of_layouts()]
+        check_safe(firsts, allow_unsafe_types=allow_unsafe_types, source=source)
+        count = int(table.samples.sum())
         if not count:
             raise EmptyDatasetError(f"Stream contains no samples: {source}.")
-        index_bytes += len(data)
-        shards.extend(index.shards)
-        stream_of_shard += [stream_id] * len(index.shards)
+        tables.append(table)
         samples_per_stream.append(count)
-        shards_per_stream.append(len(index.shards))
-    samples = np.array([int(s.samples) for s in shards], np.int64)
+        shards_per_stream.append(len(table))
+    shards = ShardTable.concat(tables)
+    per_stream = np.array(shards_per_stream, np.int64)
     return Catalog(
-        shards=tuple(shards),
-        stream_of_shard=np.array(stream_of_shard, np.int64),
-        samples_per_shard=samples,
-        shard_ends=np.cumsum(samples).astype(np.int64),
+        shards=shards,
+        stream_of_shard=np.repeat(np.arange(len(tables), dtype=np.int64), per_stream),
+        samples_per_shard=shards.samples.copy(),
+        shard_ends=np.cumsum(shards.samples).astype(np.int64),
         samples_per_stream=np.array(samples_per_stream, np.int64),
-        shards_per_stream=np.array(shards_per_stream, np.int64),
+        shards_per_stream=per_stream,
         index_bytes=index_bytes,
     )
