@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from mdsloader.collate import fast_collate
 from mdsloader.dataset import StreamingDataset
-from mdsloader.transfer import collate_for_transfer, unpack
+from mdsloader.transfer import PackingCollate, collate_for_transfer, unpack
 
 # Binds DataLoader's arguments by name, so a collate_fn passed positionally is seen as passed.
 _DATALOADER_SIGNATURE = inspect.signature(DataLoader.__init__)
@@ -48,8 +48,12 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
     ``pin_memory``, tensors of up to 512 KiB travel from the workers by value instead of as shared
     memory, which costs both sides far less CPU; they arrive as ordinary tensors, so only their
     ``is_shared()`` differs from ``default_collate``'s. That is decided at construction
-    (``collate_fn`` is then ``mdsloader.transfer.collate_for_transfer``). An explicit
-    ``collate_fn`` is used as given.
+    (``collate_fn`` is then ``mdsloader.transfer.collate_for_transfer``).
+
+    An explicit ``collate_fn`` is used as given and stays ``self.collate_fn``. With workers, a
+    result that is a list of sample dicts (``collate_fn=lambda batch: batch``) travels to the
+    main process packed into columns and is rebuilt there as the plain pickle would have
+    rebuilt it (see :func:`mdsloader.transfer.pack_samples`); other results travel as they are.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -64,7 +68,24 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
             # they keep the plain form there.
             if self.num_workers > 0 and not self.pin_memory:
                 self.collate_fn = collate_for_transfer
+        # The user's own collate_fn is wrapped only for the worker processes (_get_iterator).
+        self._pack_user_batches = chosen is not None and self.batch_sampler is not None
         self.num_samples_yielded = 0
+
+    def _get_iterator(self) -> Any:
+        """torch's iterator; its workers get a user's collate_fn wrapped by ``PackingCollate``.
+
+        The multiprocessing iterator reads ``collate_fn`` once, when it starts its workers, so
+        the wrapper is set only for that moment and ``self.collate_fn`` stays the user's.
+        """
+        fn = self.collate_fn
+        if self.num_workers == 0 or not self._pack_user_batches or type(fn) is PackingCollate:
+            return super()._get_iterator()
+        self.collate_fn = PackingCollate(fn)
+        try:
+            return super()._get_iterator()
+        finally:
+            self.collate_fn = fn
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate one epoch, counting the samples handed to the training loop."""
