@@ -24,6 +24,7 @@ import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,15 +37,16 @@ from mdsloader.catalog import Catalog, load_catalog
 from mdsloader.download import Lookahead, Prefetcher, SamplePlan, plan_samples
 from mdsloader.options import validate_order_options
 from mdsloader.order import EpochPlanner
+from mdsloader.ordering.streamed import WorkerPlan
+from mdsloader.plan_cache import PlanCache
 from mdsloader.shardview import ShardView
 from mdsloader.state import EpochLedger, ResumeState, resolve_epoch
-from mdsloader.stream import Stream, resolve_stream_weights
+from mdsloader.stream import Stream, lock_dir_for, resolve_stream_weights
 from mdsloader.world import World, detect_world
 
 _OPEN_READERS = 64  # mmaps cost address space only
 _TOUCH_EVERY = 5.0  # seconds between LRU stamps of a shard being read
 _READ_RETRIES = 3
-_HEAD = 4096  # samples planned before the first one is yielded
 # Samples settled at a time: the first segment is small, so the first sample comes quickly;
 # later ones grow to _SEGMENT, which makes the per-segment numpy work a few ns per sample.
 _FIRST_SEGMENT = 256
@@ -158,6 +160,8 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
             self.streams, self._catalog.shards, self._catalog.stream_of_shard, self.cache_limit
         )
         self._planner = EpochPlanner(self._catalog, self.streams, self._options)
+        # Epoch plans are shared by the node's processes beside the first stream's cache.
+        self._plan_cache = PlanCache(lock_dir_for(self.streams[0].local_root) / "plans")
         self.epoch_size = self._planner.epoch_size
         resolve_stream_weights(
             self.streams, self._planner.choose_per_stream, self._catalog.samples_per_stream.tolist()
@@ -413,14 +417,19 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         self, epoch: int, sample_in_epoch: int, world: World
     ) -> NDArray[np.int64]:
         """The global sample ids one worker yields in an epoch, in order (no padding)."""
+        return self._worker_plan(epoch, sample_in_epoch, world).all_ids()
+
+    def _worker_plan(self, epoch: int, sample_in_epoch: int, world: World) -> WorkerPlan:
+        """One worker's streamed plan for an epoch (validated; the epoch's draws replayed)."""
         if not isinstance(self.batch_size, int):
             raise ValueError(
                 "Please pass `batch_size` to StreamingDataset: the per-device batch size, equal "
                 "to the DataLoader's; the sample order depends on it."
             )
         self._adopt(None, world)  # fill NCN and block-size defaults if still unset
-        return self._planner.worker_sample_ids(
+        return self._planner.worker_plan(
             world,
+            replay_source=self._plan_cache.py1e_replay,
             epoch=epoch,
             sample_in_epoch=sample_in_epoch,
             num_canonical_nodes=int(self.num_canonical_nodes),  # type: ignore[arg-type]
@@ -435,12 +444,12 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         world = self._worker_world()
         epoch, sample_in_epoch = self._begin_epoch(world)
         self._drop_stale_readers()
-        ids = self.worker_sample_ids(epoch, sample_in_epoch, world)
-        return self._iter_ids(ids)
+        plan = self._worker_plan(epoch, sample_in_epoch, world)
+        return self._iter_plan(plan)
 
-    def _iter_ids(self, ids: NDArray[np.int64]) -> Iterator[dict[str, Any]]:
+    def _iter_plan(self, plan: WorkerPlan) -> Iterator[dict[str, Any]]:
         # The per-sample loop: everything else is settled once per segment (see _segments).
-        segments = self._segments(ids)
+        segments = self._segments(plan)
         try:
             for decode, data, begins, ends in segments:
                 if type(data) is not list:  # one shard
@@ -455,15 +464,20 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         finally:
             segments.close()
 
-    def _segments(self, ids: NDArray[np.int64]) -> Iterator[_Segment]:
+    def _segments(self, plan: WorkerPlan) -> Iterator[_Segment]:
         """The segments of a worker's sample sequence, shards opened (and waited for) as needed."""
-        # Plan a short head first so the first sample does not wait for the whole epoch's plan
-        # (0.5 s at 10M samples); the rest is planned on a thread meanwhile (numpy drops the GIL).
+        # The plan comes in chunks made on a helper thread ahead of this loop (numpy drops the
+        # GIL), each already located in its shards; the first chunk is short, so the first
+        # sample waits for little, and memory stays bounded whatever the epoch's size.
         ends = self._catalog.shard_ends
-        rest = self._prefetcher.call(plan_samples, ids[_HEAD:], ends) if len(ids) > _HEAD else None
-        yield from self._plan_segments(plan_samples(ids[:_HEAD], ends), _FIRST_SEGMENT)
-        if rest is not None:
-            yield from self._plan_segments(rest.result(), _SEGMENT)
+        chunks = plan.chunks(transform=partial(plan_samples, shard_ends=ends))
+        try:
+            size = _FIRST_SEGMENT
+            for samples in chunks:
+                yield from self._plan_segments(samples, size)
+                size = _SEGMENT
+        finally:
+            chunks.close()
 
     def _plan_segments(self, plan: SamplePlan, size: int) -> Iterator[_Segment]:
         """Walk a plan in segments of open shards, starting at ``size`` samples and doubling.

@@ -6,7 +6,7 @@ answers "which global sample ids does this worker yield in this epoch" for any t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +16,7 @@ from mdsloader.ordering import sampling
 if TYPE_CHECKING:
     from mdsloader.catalog import Catalog
     from mdsloader.options import OrderOptions
+    from mdsloader.ordering.streamed import ReplaySource, WorkerPlan
     from mdsloader.stream import Stream
     from mdsloader.world import World
 
@@ -69,7 +70,14 @@ class EpochPlanner:
 
         return int(epoch.default_shuffle_block_size(num_canonical_nodes))
 
-    def worker_sample_ids(
+    def worker_sample_ids(self, world: World, **kwargs: Any) -> NDArray[np.int64]:
+        """The real global sample ids one worker yields in an epoch, in order (no padding).
+
+        Takes :meth:`worker_plan`'s keywords; the streamed plan read in one piece.
+        """
+        return self.worker_plan(world, **kwargs).all_ids()
+
+    def worker_plan(
         self,
         world: World,
         *,
@@ -80,9 +88,14 @@ class EpochPlanner:
         shuffle_block_size: int,
         batch_size: int,
         initial_physical_nodes: int | None,
-    ) -> NDArray[np.int64]:
-        """The real global sample ids one worker yields in an epoch, in order (no padding)."""
+        replay_source: ReplaySource | None = None,
+    ) -> WorkerPlan:
+        """One worker's streamed plan for an epoch (its ids come chunk by chunk).
+
+        ``replay_source`` makes the epoch's ``py1e`` replay (a node's plan cache passes its own).
+        """
         from mdsloader.ordering import epoch as ordering
+        from mdsloader.ordering.streamed import plan_worker
 
         options = self._options
         settings = ordering.OrderSettings(
@@ -105,7 +118,7 @@ class EpochPlanner:
             rank_of_node=world.rank_of_node,
             worker_of_rank=world.worker_of_rank,
         )
-        ids = ordering.worker_sample_ids(
+        return plan_worker(
             self._specs,
             self.choose_per_stream,
             settings,
@@ -113,5 +126,5 @@ class EpochPlanner:
             epoch=epoch,
             sample_in_epoch=sample_in_epoch,
             initial_physical_nodes=initial_physical_nodes,
+            replay_source=replay_source,
         )
-        return np.asarray(ids, dtype=np.int64)

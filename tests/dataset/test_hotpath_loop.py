@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import mdsloader.dataset as dataset_module
+import mdsloader.ordering.streamed as streamed_module
 from mdsloader.dataset import StreamingDataset
 from mdsloader.download import Lookahead, Prefetcher, plan_samples
 from mdsloader.stream import Stream
@@ -62,8 +63,9 @@ def _record(ds: StreamingDataset, threads: int = 4, **kwargs) -> Recorder:
 
 @pytest.fixture
 def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Segments of a few samples, a short head: every boundary case comes up in tiny datasets."""
-    monkeypatch.setattr(dataset_module, "_HEAD", 11)
+    """Segments and plan chunks of a few samples: every boundary case comes up in tiny datasets."""
+    monkeypatch.setattr(streamed_module, "FIRST_CHUNK", 5)
+    monkeypatch.setattr(streamed_module, "MAX_CHUNK", 11)
     monkeypatch.setattr(dataset_module, "_FIRST_SEGMENT", 2)
     monkeypatch.setattr(dataset_module, "_SEGMENT", 7)
 

@@ -27,7 +27,8 @@ def fraction_bits(num_positions: int, payload_bits: int) -> int:
 
 
 def sort_by_position(positions: np.ndarray, payload: np.ndarray, payload_bits: int,
-                     position_of: Callable[[np.ndarray], np.ndarray], out: np.ndarray) -> None:
+                     position_of: Callable[[np.ndarray], np.ndarray], out: np.ndarray,
+                     position_bits: int | None = None) -> None:
     """Write ``payload`` ordered by ``positions`` (ties: smaller payload first) into ``out``.
 
     Args:
@@ -37,9 +38,11 @@ def sort_by_position(positions: np.ndarray, payload: np.ndarray, payload_bits: i
             :data:`MIN_FRACTION_BITS`.
         position_of: Maps payload values back to their exact positions (for collisions only).
         out: uint64 buffer of ``len(positions)`` elements; receives the sorted payload.
+        position_bits: Bits of the positions' integer part when they are not all below
+            ``len(positions)``: every position must then be below ``2**position_bits``.
     """
     n = positions.size
-    index_bits = max(int(n - 1).bit_length(), 1)
+    index_bits = position_bits or max(int(n - 1).bit_length(), 1)
     scale = float(1 << (64 - index_bits - payload_bits))
     shift = np.uint64(payload_bits)
     for begin in range(0, n, _CHUNK):

@@ -184,13 +184,8 @@ def orig_worker(plan: OrigPlan, node: int, rank: int, worker: int) -> np.ndarray
     Returns:
         ``batches * batch_size`` sample positions; the real ones come first, then -1.
     """
-    b, w = plan.batch_size, plan.workers
-    out = np.empty(plan.batches * b, np.int64)
-    # Rank index of the worker's k-th element is (k // B) * W * B + worker * B + k % B, increasing
-    # in k, so the elements below ``per_rank`` (the real ones) come first.
-    first = worker * b
-    full_batches, rest = divmod(max(plan.per_rank - first, 0), w * b)
-    valid = min(full_batches * b + min(rest, b), out.size)
+    out = np.empty(plan.batches * plan.batch_size, np.int64)
+    valid = orig_worker_valid(plan, worker)
     out[valid:] = -1
     done = _tile_regular_batches(plan, node, rank, worker, out[:valid])
     for begin in range(done, valid, _CHUNK):
@@ -201,6 +196,21 @@ def orig_worker(plan: OrigPlan, node: int, rank: int, worker: int) -> np.ndarray
 def _evaluate(plan: OrigPlan, node: int, rank: int, worker: int, begin: int, end: int,
               out: np.ndarray) -> None:
     """``out[begin:end]``: elements ``begin..end-1`` of the worker's slice, by the full formula."""
+    out[begin:end] = orig_worker_range(plan, node, rank, worker, begin, end)
+
+
+def orig_worker_valid(plan: OrigPlan, worker: int) -> int:
+    """How many leading elements of the worker's slice are real (the rest is -1 padding)."""
+    b, w = plan.batch_size, plan.workers
+    # Rank index of the worker's k-th element is (k // B) * W * B + worker * B + k % B, increasing
+    # in k, so the elements below ``per_rank`` (the real ones) come first.
+    full_batches, rest = divmod(max(plan.per_rank - worker * b, 0), w * b)
+    return min(full_batches * b + min(rest, b), plan.batches * b)
+
+
+def orig_worker_range(plan: OrigPlan, node: int, rank: int, worker: int, begin: int,
+                      end: int) -> np.ndarray:
+    """Elements ``begin..end-1`` (all real: below :func:`orig_worker_valid`) of a worker's slice."""
     b, w = plan.batch_size, plan.workers
     k = np.arange(begin, end, dtype=np.int64)
     if b == 1:
@@ -208,7 +218,7 @@ def _evaluate(plan: OrigPlan, node: int, rank: int, worker: int, begin: int, end
     else:
         batch, slot = np.divmod(k, b)
         index = batch * (w * b) + worker * b + slot
-    out[begin:end] = rank_ids(plan, node, rank, index)
+    return rank_ids(plan, node, rank, index)
 
 
 def _tile_regular_batches(plan: OrigPlan, node: int, rank: int, worker: int,

@@ -1,0 +1,275 @@
+"""``py1e`` produced window by window: the same permutation, without building the epoch.
+
+``py1e`` (see :mod:`mdsloader.ordering.py1e`) gives every sample of a canonical node the float
+position ``slot + shift``, with ``|shift|`` bounded by the node's largest span cutoff (``reach``,
+about ``0.6 * shuffle_block_size``), and sorts the node by position. So once the spans covering
+slots ``[0, S)`` are known, every sample with position below ``S - reach`` is final: no later slot
+can sort before it. :class:`Py1eNodeWindow` walks a node that way, holding about ``3 * reach``
+samples at a time.
+
+What cannot be local is the random stream: a node draws all its within-span shuffles before the
+first shift, so the shifts of span 0 depend on the draws of every span. :func:`replay_py1e` runs
+those draws once (the only work proportional to the epoch, about 10 ns per sample in numpy's own
+shuffle loop) and records where each span's shuffle and shifts begin (:class:`Py1eReplay`, a few
+dozen bytes per span, which :mod:`mdsloader.plan_cache` keeps per node). A window then regenerates
+any span from its snapshot, so resuming anywhere costs one window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mdsloader.ordering.argsort import MIN_FRACTION_BITS, sort_by_position
+from mdsloader.ordering.arrays import segment_starts, shuffled_range
+from mdsloader.ordering.py1e import _skip_uniforms
+from mdsloader.ordering.rngstate import StateTable
+from mdsloader.ordering.spans import Pieces, shuffle_parts
+
+# Smallest step a window advances by: below this numpy's per-call overhead dominates.
+_MIN_STEP = 1 << 16
+
+
+@dataclass(slots=True)
+class Py1eReplay:
+    """One epoch of ``py1e`` reduced to its spans and the random stream's place at each.
+
+    Spans are listed node by node, each node's in its shuffled order.
+
+    Attributes:
+        begins: First (big) sample id of each span.
+        sizes: Samples of each span.
+        node_spans: ``(C + 1,)`` offsets: node ``c`` owns spans ``node_spans[c:c + 2]`` bounds.
+        node_bounds: ``(C + 1,)`` first epoch position of each node, then the epoch size.
+        shuffles: Generator snapshot before each span's within-span shuffle.
+        shifts: Generator snapshot before each span's uniform shifts (after its block draw).
+        lower: Lower bound of each span's shifts.
+        upper: Upper bound of each span's shifts.
+        clipped: Whether some span was larger than its block (the reference then warns).
+    """
+
+    begins: np.ndarray
+    sizes: np.ndarray
+    node_spans: np.ndarray
+    node_bounds: np.ndarray
+    shuffles: StateTable
+    shifts: StateTable
+    lower: np.ndarray
+    upper: np.ndarray
+    clipped: bool
+
+    @property
+    def num_nodes(self) -> int:
+        """Canonical nodes."""
+        return len(self.node_spans) - 1
+
+
+def replay_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int) -> Py1eReplay:
+    """Consume one epoch's ``py1e`` draws in the reference's order, recording each span's place.
+
+    Args:
+        pieces: Shard spans in the run-fixed order, cut per canonical node.
+        seed: Run seed.
+        epoch: Epoch.
+        block_size: Shuffle block size.
+
+    Raises:
+        ValueError: If a canonical node gets no samples (fewer samples than canonical nodes).
+    """
+    rng = np.random.default_rng(seed + epoch)
+    order = shuffle_parts(pieces, rng)
+    begins, sizes = pieces.begins[order], pieces.sizes[order]
+    count = len(sizes)
+    shuffles, shifts = StateTable.empty(count, rng), StateTable.empty(count, rng)
+    lower, upper = np.zeros(count), np.zeros(count)
+    low, high = int(0.75 * block_size), int(1.25 * block_size)
+    # The shuffles only have to advance the generator: one scratch array, cache-resident, whose
+    # contents do not matter (numpy draws the same swaps whatever the array holds).
+    scratch = np.empty(int(sizes.max(initial=0)), np.int64)
+    clipped = False
+    bounds = pieces.sample_bounds.tolist()
+    for c in range(pieces.num_parts):
+        if bounds[c] == bounds[c + 1]:
+            raise ValueError(
+                f"Canonical node {c} gets no samples. The number of samples assigned to a "
+                "canonical node is 0: the dataset (or a stream) has fewer samples than "
+                f"num_canonical_nodes ({pieces.num_parts}). Reduce num_canonical_nodes."
+            )
+        part = range(int(pieces.part_bounds[c]), int(pieces.part_bounds[c + 1]))
+        node_sizes = sizes[part.start:part.stop].tolist()
+        for j, size in zip(part, node_sizes):
+            shuffles.save(j, rng)
+            if size > 1:
+                rng.shuffle(scratch[:size])
+        total, offset = bounds[c + 1] - bounds[c], 0
+        for j, size in zip(part, node_sizes):
+            block = int(rng.integers(low, high))
+            shifts.save(j, rng)
+            cutoff: float = (block - size) / 2
+            if cutoff < 0:
+                cutoff, clipped = 0, True
+            # The reference's bounds: a span never leaves its canonical node.
+            lower[j] = max(-cutoff, -offset)
+            upper[j] = min(cutoff, total - offset - size)
+            _skip_uniforms(rng, size)
+            offset += size
+    return Py1eReplay(begins, sizes, pieces.part_bounds.copy(), pieces.sample_bounds.copy(),
+                      shuffles, shifts, lower, upper, clipped)
+
+
+class Py1eNodeWindow:
+    """The sorted order of one canonical node, produced front to back (``take`` any range).
+
+    Memory is about ``3 * reach`` samples (positions and ids) plus what was asked for; asking
+    for a range far ahead, or behind what is still held, restarts the window there.
+
+    Args:
+        replay: The epoch's replay.
+        node: The canonical node.
+    """
+
+    def __init__(self, replay: Py1eReplay, node: int) -> None:
+        lo, hi = int(replay.node_spans[node]), int(replay.node_spans[node + 1])
+        self._replay = replay
+        self._first_span = lo
+        self._begins = replay.begins[lo:hi].tolist()
+        self._sizes = replay.sizes[lo:hi]
+        self._slots = segment_starts(self._sizes)
+        self._size_list = self._sizes.tolist()
+        self._slot_list = self._slots.tolist()
+        self.size = int(replay.node_bounds[node + 1] - replay.node_bounds[node])
+        lower, upper = replay.lower[lo:hi], replay.upper[lo:hi]
+        self._lower, self._upper = lower.tolist(), upper.tolist()
+        # No shift reaches further than this: samples of slots >= S sit at or after S - reach.
+        self.reach = float(max(-lower.min(initial=0.0), upper.max(initial=0.0), 0.0))
+        self._step = max(math.ceil(self.reach), _MIN_STEP)
+        self._rng = np.random.Generator(np.random.PCG64())
+        self._restart(0)
+
+    # ---- public ---------------------------------------------------------------------------
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        """Ids at sorted ranks ``[lo, hi)`` of the node (a view; valid until the next call).
+
+        Ranks before ``lo`` (minus a small margin) are released.
+        """
+        if not 0 <= lo <= hi <= self.size:
+            raise ValueError(f"ranks [{lo}, {hi}) are outside the node's [0, {self.size})")
+        if lo < self._out_lo or lo > self._out_hi + 2 * self._step:
+            self._restart(lo)
+        while self._out_hi < hi:
+            self._advance(hi)
+        keep = max(lo - _RETAIN, self._out_lo)
+        if keep - self._out_lo > self._out.size // 2:
+            self._out = self._out[keep - self._out_lo:].copy()
+            self._out_lo = keep
+        return self._out[lo - self._out_lo:hi - self._out_lo]
+
+    # ---- internals ------------------------------------------------------------------------
+
+    @property
+    def _out_hi(self) -> int:
+        return self._out_lo + self._out.size
+
+    def _restart(self, rank: int) -> None:
+        """Start emitting at a threshold whose rank is at most ``rank``, skipping what precedes."""
+        threshold = max(rank - self.reach, 0.0)
+        if threshold <= 0.0:
+            self._next_span, self._covered = 0, 0
+            self._threshold = 0.0
+            self._pend_ids = np.empty(0, np.int64)
+            self._pend_pos = np.empty(0, np.float64)
+            self._out, self._out_lo = np.empty(0, np.int64), 0
+            return
+        # Every slot below threshold - reach sorts before the threshold, every slot at or past
+        # threshold + reach after it: only the spans in between decide the threshold's rank.
+        first = int(np.searchsorted(self._slots, threshold - self.reach, "right")) - 1
+        first = max(first, 0)
+        self._next_span, self._covered = first, self._slot_list[first]
+        ids, pos = self._add_spans(min(self.size, math.ceil(threshold + self.reach)))
+        before = pos < threshold
+        self._out_lo = self._slot_list[first] + int(np.count_nonzero(before))
+        self._out = np.empty(0, np.int64)
+        self._pend_ids, self._pend_pos = ids[~before], pos[~before]
+        self._threshold = threshold
+        self._emit()
+
+    def _advance(self, wanted: int) -> None:
+        """Add spans so that ranks up to about ``wanted`` (and at least a step more) are final."""
+        target = min(self.size, max(math.ceil(wanted + self.reach) + 1,
+                                    self._covered + self._step))
+        ids, pos = self._add_spans(target)
+        self._pend_ids = np.concatenate([self._pend_ids, ids])
+        self._pend_pos = np.concatenate([self._pend_pos, pos])
+        self._emit()
+
+    def _emit(self) -> None:
+        """Move every pending sample that is now final, in order, to the output."""
+        done = self._covered >= self.size
+        limit = math.inf if done else self._covered - self.reach
+        if limit <= self._threshold and not done:
+            return
+        final = self._pend_pos < limit
+        ids, pos = self._pend_ids[final], self._pend_pos[final]
+        if self.reach == 0.0:
+            ordered = ids  # nothing moves: slot order is the order
+        else:
+            ordered = _sorted_by_position(ids, pos, math.floor(self._threshold))
+        self._out = np.concatenate([self._out, ordered]) if self._out.size else ordered
+        keep = ~final
+        self._pend_ids, self._pend_pos = self._pend_ids[keep], self._pend_pos[keep]
+        self._threshold = limit
+
+    def _add_spans(self, target: int) -> tuple[np.ndarray, np.ndarray]:
+        """Regenerate the next spans until slots ``[.., target)`` are covered: ids and positions."""
+        stop = self._next_span
+        while stop < len(self._size_list) and self._slot_list[stop] < target:
+            stop += 1
+        first = self._next_span
+        count = sum(self._size_list[first:stop])
+        ids = np.empty(count, np.int64)
+        pos = np.empty(count, np.float64)
+        offset = 0
+        rng, replay = self._rng, self._replay
+        for j in range(first, stop):
+            size = self._size_list[j]
+            if not size:
+                continue
+            span = ids[offset:offset + size]
+            replay.shuffles.restore(self._first_span + j, rng)
+            shuffled_range(span, self._begins[j], rng)
+            out = pos[offset:offset + size]
+            # The reference's float(slot) + uniform(lower, upper), the same sums.
+            np.add(np.arange(size, dtype=np.float64), float(self._slot_list[j]), out=out)
+            lower, upper = self._lower[j], self._upper[j]
+            if not lower == upper == 0:
+                replay.shifts.restore(self._first_span + j, rng)
+                out += rng.uniform(lower, upper, size)
+            offset += size
+        self._next_span = stop
+        self._covered = self._slot_list[stop] if stop < len(self._slot_list) else self.size
+        return ids, pos
+
+
+# Ranks kept behind the last request: consumers step back a little near a node's end (padding
+# repeats earlier columns); further back restarts the window.
+_RETAIN = 1 << 12
+
+
+def _sorted_by_position(ids: np.ndarray, positions: np.ndarray, base: int) -> np.ndarray:
+    """``ids`` ordered by ``positions`` (all ``>= base``); equal positions keep their order."""
+    count = ids.size
+    if count < 2:
+        return ids.copy()
+    relative = positions - base
+    extent = float(relative.max()) + 1.0
+    position_bits = max(math.ceil(extent).bit_length(), 1)
+    index_bits = max(int(count - 1).bit_length(), 1)
+    if 64 - position_bits - index_bits < MIN_FRACTION_BITS:
+        return ids[np.argsort(relative, kind="stable")]
+    keys = np.empty(count, np.uint64)
+    sort_by_position(relative, np.arange(count, dtype=np.int64), index_bits,
+                     relative.__getitem__, keys, position_bits=position_bits)
+    return ids[keys.view(np.int64)]
