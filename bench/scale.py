@@ -378,6 +378,7 @@ def run_case(
     cap = min(args.ref_mem_cap, int(0.8 * _available()))
     tmp = Path(tempfile.mkdtemp(prefix=f"scale-{impl}-{scenario}-"))
     try:
+        args.caps_used.append(cap)
         kwargs = {"timeout": args.timeout, "mem_cap": cap, "tmp": tmp}
         if scenario == "resume-cached":
             first = spawn(impl, "resume", data, size, **kwargs)
@@ -430,6 +431,7 @@ def main() -> None:
         print(json.dumps(run_child(impl, scenario, data, size, mem_cap)), flush=True)
         return
     args.ref_mem_cap = int(args.ref_mem_cap * GIB)
+    args.caps_used = []
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     if args.quick:
         sizes = [s for s in sizes if s <= 10**8]
@@ -462,7 +464,9 @@ def print_table(rows: list[tuple[int, str, Any, Any]], args: argparse.Namespace)
     print(
         f"One node, 1 rank x {WORKERS} workers, shuffle=True (py1e), batch {BATCH}, default "
         f"settings; {PER_SHARD:,} int64 samples per shard; cap {args.timeout:.0f} s per case, "
-        f"reference under RLIMIT_AS <= {args.ref_mem_cap / GIB:.0f} GiB."
+        f"reference under RLIMIT_AS <= {min(args.caps_used, default=0) / GIB:.1f} GiB (the "
+        f"smaller of --ref-mem-cap and 80% of the memory available); any case over that in "
+        f"RSS is killed."
     )
     print()
     print(

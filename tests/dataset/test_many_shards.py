@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mdsloader.errors import HashError, IndexFormatError
-from mdsloader.mds.index import ShardTable, parse_index, parse_shard_table
+from mdsloader.mds.index import ShardInfo, ShardTable, parse_index, parse_shard_table
 from mdsloader.mds.writer import MDSWriter
 from mdsloader.stream import Stream
 
@@ -45,11 +45,11 @@ def test_construction_builds_no_per_shard_objects(tmp_path: Path):
     for array in (table.samples, table.raw_bytes, table.zip_bytes, table.layout_of):
         assert isinstance(array, np.ndarray) and array.shape == (SHARDS,)
     assert len(table.layouts) == 1
-    assert len(table._built) <= 1  # at most one ShardInfo per layout (the unsafe-type check)
-    # The cache holds no per-shard paths: they are derived when a shard is used.
-    for value in vars(ds.cache).values():
-        assert not (isinstance(value, list) and len(value) == SHARDS and value and
-                    isinstance(value[0], Path))  # fmt: skip
+    # Neither the table nor the cache holds a per-shard list of entries or paths.
+    for holder in (table, ds.cache):
+        for value in vars(holder).values():
+            if isinstance(value, list) and len(value) == SHARDS:
+                assert not any(isinstance(v, ShardInfo | Path) for v in value[:10])
     assert ds.cache.raw_path(SHARDS - 1) == data / f"shard.{SHARDS - 1:05}.mds"
     # Entries are still there on demand, equal to the strict parser's.
     strict = parse_index((data / "index.json").read_bytes(), source="x")
@@ -78,8 +78,6 @@ def encode(shards: list[dict]) -> bytes:
 
 def strict(data: bytes) -> list:
     """The per-shard parser's entries (what the bulk path must agree with)."""
-    from mdsloader.mds.index import ShardInfo
-
     return [ShardInfo.from_json(s, where="x") for s in json.loads(data)["shards"]]
 
 

@@ -325,8 +325,8 @@ class ShardTable(Sequence[ShardInfo]):
     """Every shard of an index as columns: numpy arrays of counts and sizes, lists of names and
     digests, and each shard's layout as a number into a short list of distinct layouts.
 
-    It is a read-only sequence of :class:`ShardInfo` (``table[i]`` builds the entry on first
-    access), so code that wants entries keeps working, while code on a hot path reads the
+    It is a read-only sequence of :class:`ShardInfo` (``table[i]`` builds the entry when it is
+    read), so code that wants entries keeps working, while code on a hot path reads the
     arrays: at 100,000 shards no per-shard Python object is built before it is needed.
 
     Attributes:
@@ -363,7 +363,6 @@ class ShardTable(Sequence[ShardInfo]):
         self.zip_names, self.zip_hashes = zip_names, zip_hashes
         self.zip_bytes = np.asarray(zip_bytes, np.int64)
         self.has_zip = np.fromiter((n is not None for n in zip_names), bool, len(zip_names))
-        self._built: dict[int, ShardInfo] = {}
 
     @classmethod
     def from_infos(cls, infos: Sequence[ShardInfo]) -> ShardTable:
@@ -423,10 +422,9 @@ class ShardTable(Sequence[ShardInfo]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"shard {index} out of range for {len(self)} shards")
-        info = self._built.get(index)
-        if info is None:
-            info = self._built[index] = self._build(index)
-        return info
+        # Built afresh each time (a few microseconds, once per shard opened): a cache would grow
+        # to every shard of the dataset over an epoch, in every worker.
+        return self._build(index)
 
     def _build(self, i: int) -> ShardInfo:
         encodings, names, sizes, compression, hashes, size_limit, fmt, version = self.layouts[
@@ -468,11 +466,6 @@ class ShardTable(Sequence[ShardInfo]):
 
         _, first = np.unique(self.layout_of, return_index=True)
         return sorted(first.tolist())
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_built"] = {}  # entries are rebuilt on demand wherever the table goes
-        return state
 
 
 def _bulk_table(shards: list[Any], source: str) -> ShardTable | None:
