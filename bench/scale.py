@@ -377,6 +377,12 @@ def run_case(
 ) -> dict[str, Any]:
     cap = min(args.ref_mem_cap, int(0.8 * _available()))
     tmp = Path(tempfile.mkdtemp(prefix=f"scale-{impl}-{scenario}-"))
+    if impl == "ours":
+        # Our node-local plan cache lives beside the dataset (with the lock files), not under
+        # TMPDIR: every case starts without it; the plan-cache case fills it in its first run.
+        from mdsloader.stream import lock_dir_for
+
+        shutil.rmtree(lock_dir_for(data) / "plans", ignore_errors=True)
     try:
         args.caps_used.append(cap)
         kwargs = {"timeout": args.timeout, "mem_cap": cap, "tmp": tmp}
