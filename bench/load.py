@@ -2,7 +2,8 @@
 
 Measures (each in a fresh child process, so peak memory and caches are isolated):
 
-* warm local cache, shuffled full epoch: in-process and through a DataLoader with 2 workers;
+* warm local cache, shuffled full epoch: in-process and through a DataLoader with 2 workers, with
+  the default collate and with a user ``collate_fn`` that returns the list of sample dicts;
 * cold from an S3 server on loopback (moto's ThreadedMotoServer, started here);
 * random access ``ds[i]`` (median of three fresh processes);
 * time from construction to the first sample, and from ``load_state_dict`` at mid-epoch to the
@@ -150,6 +151,14 @@ def run_child(impl: str, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         n = sum(len(b["a"]) for b in loader)
         result["rate"] = n / (time.perf_counter() - start)
+    elif scenario == "loader2_user":
+        _, loader_cls = _classes(impl)
+        # A user's own collate_fn returning the samples themselves (``lambda batch: batch``):
+        # lists of sample dicts cross the workers' queue.
+        loader = loader_cls(ds, batch_size=BATCH, num_workers=2, collate_fn=_identity)
+        start = time.perf_counter()
+        n = sum(len(b) for b in loader)
+        result["rate"] = n / (time.perf_counter() - start)
     elif scenario == "random":
         import numpy as np
 
@@ -285,6 +294,8 @@ def main() -> None:
          "(batches identical to default_collate), tensors <= 512 KiB sent by value, not as "
          "shared memory; reference torch's default_collate (samples/s)",
          {"data": str(full)}),
+        ("loader2_user", "warm cache, DataLoader 2 workers, user collate_fn returning the list "
+         "of sample dicts (samples/s)", {"data": str(full)}),
         ("random", "random ds[i] (samples/s)", {"data": str(full), "random": args.random}),
         ("start", f"construct -> first sample, {args.samples:,} (s)", {"data": str(full)}),
         ("resume", f"load_state_dict mid-epoch -> first batch, {args.samples:,} (s)",

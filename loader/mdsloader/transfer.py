@@ -193,8 +193,10 @@ _RAW, _SCALARS, _ARRAYS = 0, 1, 2
 _ATOMIC = frozenset({str, bytes, int, float, bool, complex, type(None)})
 # dtype kinds whose values numpy copies bit for bit (no objects, dates, strings or records).
 _NUMERIC_KINDS = frozenset("biufc")
+# x86's long double fills 10 of its 16 bytes: the pickle copies the other 6 as they are, a
+# conversion does not, so ``tobytes()`` could tell the two apart.
+_PADDED = frozenset({np.longdouble, np.clongdouble})
 _dtype_of = attrgetter("dtype")
-_shape_of = attrgetter("shape")
 
 
 def _arrays_arrive_owned() -> bool:
@@ -338,7 +340,7 @@ def _scalars(column: Sequence[Any], kind: type) -> np.ndarray | None:
     if not issubclass(kind, np.generic):
         return None
     dtype = np.dtype(kind)
-    if dtype.type is not kind or dtype.kind not in _NUMERIC_KINDS:
+    if dtype.type is not kind or dtype.kind not in _NUMERIC_KINDS or kind in _PADDED:
         return None  # a user-defined scalar subclass, or dates, strings, records, objects
     array = np.array(column, dtype=dtype)
     return array if array.dtype.type is kind else None
@@ -352,14 +354,15 @@ def _stack(column: Sequence[np.ndarray]) -> np.ndarray | None:
     dtype = first.dtype
     if (
         dtype.kind not in _NUMERIC_KINDS
+        or dtype.type in _PADDED
         or not dtype.isnative
         or dtype.fields is not None
         or dtype.subdtype is not None
         or dtype.metadata is not None
         or first.ndim == 0  # rows of a stack of 0-d arrays would be scalars
         or first.size == 0  # copies of empty rows keep zero strides; unpickled ones do not
+        # Equal dtypes (">" aside) unpickle alike: "<f4" and "=f4" as float32, "q" as "l".
         or len(set(map(_dtype_of, column))) != 1
-        or len(set(map(_shape_of, column))) != 1
     ):
         return None
     if first.ndim > 1:
@@ -369,4 +372,11 @@ def _stack(column: Sequence[np.ndarray]) -> np.ndarray | None:
             if flags.f_contiguous and not flags.c_contiguous:
                 return None
     # Joining along the first axis and splitting it back is one C loop (np.stack is 3x dearer).
-    return np.concatenate(column, axis=0).reshape(len(column), *first.shape)
+    try:
+        joined = np.concatenate(column, axis=0)
+    except ValueError:  # a different number of axes, or other lengths past the first
+        return None
+    # The join checked every axis but the first.
+    if set(map(len, column)) != {len(first)}:
+        return None
+    return joined.reshape(len(column), *first.shape)

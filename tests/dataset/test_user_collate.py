@@ -107,8 +107,8 @@ def assert_identical(got: Any, want: Any, path: str = "batch") -> None:
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             assert_identical(g, w, f"{path}[{i}]")
     elif isinstance(want, np.ndarray):
-        assert (got.dtype, repr(got.dtype), got.dtype.str) == (
-            want.dtype, repr(want.dtype), want.dtype.str,
+        assert (got.dtype, repr(got.dtype), got.dtype.str, got.dtype.char) == (
+            want.dtype, repr(want.dtype), want.dtype.str, want.dtype.char,
         ), path  # fmt: skip
         assert (got.shape, got.strides) == (want.shape, want.strides), path
         for flag in ("writeable", "owndata", "c_contiguous", "f_contiguous", "aligned"):
@@ -116,7 +116,7 @@ def assert_identical(got: Any, want: Any, path: str = "batch") -> None:
         assert (got.base is None) == (want.base is None), path
         assert got.tobytes() == want.tobytes(), path
     elif isinstance(want, np.generic):
-        assert (got.dtype, got.tobytes()) == (want.dtype, want.tobytes()), path
+        assert (got.dtype.char, got.tobytes()) == (want.dtype.char, want.tobytes()), path
     elif isinstance(want, float):
         assert repr(got) == repr(want), path  # NaN and -0.0 too
     elif isinstance(want, torch.Tensor):
@@ -162,6 +162,16 @@ def test_scalars_and_arrays_of_every_type_come_back_identical(kind, shape):
     # Empty arrays stay as they are (copied rows would keep zero strides), the rest is packed.
     got = round_trip(batch, packed=bool(size))
     assert all(type(sample["x"]) is kind for sample in got)
+
+
+@pytest.mark.parametrize("kind", [np.longlong, np.ulonglong, np.longdouble, np.clongdouble])
+def test_scalar_and_array_aliases_come_back_as_the_pickle_names_them(kind):
+    # The pickle turns np.longlong into np.int64 (dtype "q" into "l"), packed or not.
+    batch = [{"x": kind(i), "a": np.arange(3, dtype=kind) + i} for i in range(3)]
+    # long double's padding bytes are copied by the pickle, not by a conversion: unpacked.
+    round_trip(batch, packed=kind in (np.longlong, np.ulonglong))
+    mixed = [{"a": np.zeros(2, "q")}, {"a": np.zeros(2, "l")}, {"a": np.zeros(2, "q")}]
+    round_trip(mixed, packed=True)
 
 
 def test_mds_samples_come_back_identical(local):
@@ -229,6 +239,9 @@ _SAMPLE = {"a": np.int8(1)}
 UNPACKED: dict[str, Callable[[int], Any]] = {
     "0-d arrays": lambda i: {"a": np.array(i)},
     "ragged arrays": lambda i: {"a": np.zeros(i + 1)},
+    "ragged rows": lambda i: {"a": np.zeros((2, i + 1))},
+    "other numbers of axes": lambda i: {"a": np.zeros((2,) * (i + 1))},
+    "same total length": lambda i: {"a": np.zeros((2, 3, 1)[i])},
     "mixed dtypes": lambda i: {"a": np.zeros(2, np.float32 if i else np.float64)},
     "big-endian": lambda i: {"a": np.zeros(2, ">i4")},
     "object arrays": lambda i: {"a": np.array([None, i], object)},
