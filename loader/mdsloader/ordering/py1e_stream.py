@@ -176,17 +176,43 @@ class Py1eNodeWindow:
     def _restart(self, rank: int) -> None:
         """Start emitting at a threshold whose rank is at most ``rank``, skipping what precedes.
 
-        A threshold ``reach`` before ``rank`` is always early enough; one just below ``rank``
-        nearly always is (a threshold's rank strays from it by about ``sqrt(reach)``) and
-        spares a third of the window, so that is tried first.
+        A threshold ``reach`` before ``rank`` is always early enough but holds a third more than
+        needed; so the threshold is first placed just below ``rank`` by counting (positions only,
+        no ids, no sort) and corrected by what the count says, falling back to the safe one.
         """
-        margin = 8 * math.sqrt(self.reach) + 1024
-        for threshold in (rank - margin, rank - self.reach):
+        threshold = float(rank)
+        for _ in range(4):
             if threshold <= 0.0:
-                self._start_empty()
-                return
-            if self._start_at(threshold) <= rank:
-                return
+                break
+            off = self._rank_of(threshold) - rank
+            if -_CLOSE <= off <= 0:
+                break
+            threshold -= off + _CLOSE // 2
+        else:
+            threshold = rank - self.reach
+        if threshold <= 0.0:
+            self._start_empty()
+        elif self._start_at(threshold) > rank:
+            self._start_at(rank - self.reach)
+
+    def _rank_of(self, threshold: float) -> int:
+        """How many samples of the node sort before ``threshold`` (counted, not sorted)."""
+        first = max(int(np.searchsorted(self._slots, threshold - self.reach, "right")) - 1, 0)
+        count = self._slot_list[first]
+        for j in range(first, len(self._size_list)):
+            slot = self._slot_list[j]
+            if slot >= threshold + self.reach:
+                break
+            size = self._size_list[j]
+            lower, upper = self._lower[j], self._upper[j]
+            if lower == upper == 0:
+                count += max(0, min(size, math.ceil(threshold - slot)))
+                continue
+            self._replay.shifts.restore(self._first_span + j, self._rng)
+            positions = self._rng.uniform(lower, upper, size)
+            positions += np.arange(slot, slot + size, dtype=np.float64)
+            count += int(np.count_nonzero(positions < threshold))
+        return count
 
     def _start_empty(self) -> None:
         self._next_span, self._covered = 0, 0
@@ -276,6 +302,8 @@ class Py1eNodeWindow:
         return ids, pos
 
 
+# How far below the wanted rank a restart may begin (a few samples decoded for nothing).
+_CLOSE = 1 << 12
 # Ranks kept behind the last request: consumers step back a little near a node's end (padding
 # repeats earlier columns); further back restarts the window.
 _RETAIN = 1 << 12
