@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import threading
 import time
 import warnings
 import weakref
@@ -51,6 +52,8 @@ _READ_RETRIES = 3
 # later ones grow to _SEGMENT, which makes the per-segment numpy work a few ns per sample.
 _FIRST_SEGMENT = 256
 _SEGMENT = 8192
+# Seconds into an epoch before the next epoch's plan is prepared in the background.
+_PREPARE_DELAY = 5.0
 
 
 class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
@@ -445,7 +448,26 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         epoch, sample_in_epoch = self._begin_epoch(world)
         self._drop_stale_readers()
         plan = self._worker_plan(epoch, sample_in_epoch, world)
+        self._prepare_plan_later(epoch + 1)
         return self._iter_plan(plan)
+
+    def _prepare_plan_later(self, epoch: int) -> None:
+        """Have the node's plan cache prepare ``epoch``'s plan while this epoch runs.
+
+        Only the first epoch of a run then waits for the replay of its draws (10 s at a
+        billion samples); the node's other workers find the plan being made and skip.
+        """
+        inputs = self._planner.next_replay_inputs(
+            epoch=epoch, num_canonical_nodes=int(self.num_canonical_nodes),  # type: ignore[arg-type]
+            shuffle_seed=self.shuffle_seed,
+            shuffle_block_size=int(self.shuffle_block_size),  # type: ignore[arg-type]
+            batch_size=int(self.batch_size),  # type: ignore[arg-type]
+        )
+        if inputs is not None:
+            # Started a little later, so that it does not compete with the epoch's first batches.
+            timer = threading.Timer(_PREPARE_DELAY, self._plan_cache.prepare, inputs)
+            timer.daemon = True
+            timer.start()
 
     def _iter_plan(self, plan: WorkerPlan) -> Iterator[dict[str, Any]]:
         # The per-sample loop: everything else is settled once per segment (see _segments).

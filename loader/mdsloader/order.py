@@ -77,6 +77,33 @@ class EpochPlanner:
         """
         return self.worker_plan(world, **kwargs).all_ids()
 
+    def next_replay_inputs(self, *, epoch: int, num_canonical_nodes: int, shuffle_seed: int,
+                           shuffle_block_size: int, batch_size: int) -> tuple | None:
+        """Arguments of ``epoch``'s ``py1e`` replay (for preparing it early), or None."""
+        from mdsloader.ordering.streamed import py1e_replay_inputs
+
+        return py1e_replay_inputs(self._specs, self.choose_per_stream,
+                                  self._settings(num_canonical_nodes, shuffle_seed,
+                                                 shuffle_block_size, batch_size), epoch)
+
+    def _settings(self, num_canonical_nodes: int, shuffle_seed: int, shuffle_block_size: int,
+                  batch_size: int):
+        from mdsloader.ordering import epoch as ordering
+
+        options = self._options
+        return ordering.OrderSettings(
+            num_canonical_nodes=num_canonical_nodes,
+            batch_size=batch_size,
+            shuffle=options.shuffle,
+            shuffle_algo=options.shuffle_algo,
+            shuffle_seed=shuffle_seed,
+            shuffle_block_size=shuffle_block_size,
+            partition_algo=options.partition_algo,
+            sampling_method=options.sampling_method,
+            sampling_granularity=options.sampling_granularity,
+            batching_method=options.batching_method,
+        )
+
     def worker_plan(
         self,
         world: World,
@@ -97,19 +124,8 @@ class EpochPlanner:
         from mdsloader.ordering import epoch as ordering
         from mdsloader.ordering.streamed import plan_worker
 
-        options = self._options
-        settings = ordering.OrderSettings(
-            num_canonical_nodes=num_canonical_nodes,
-            batch_size=batch_size,
-            shuffle=options.shuffle,
-            shuffle_algo=options.shuffle_algo,
-            shuffle_seed=shuffle_seed,
-            shuffle_block_size=shuffle_block_size,
-            partition_algo=options.partition_algo,
-            sampling_method=options.sampling_method,
-            sampling_granularity=options.sampling_granularity,
-            batching_method=options.batching_method,
-        )
+        settings = self._settings(num_canonical_nodes, shuffle_seed, shuffle_block_size,
+                                  batch_size)
         topology = ordering.Topology(
             num_nodes=world.num_nodes,
             ranks_per_node=world.ranks_per_node,

@@ -13,8 +13,10 @@ Layout: ``<dir>/py1e-<run>-e<epoch>-<key>/`` holds one ``.npy`` per array and ``
   the epoch and the block size, and the format version. A changed index or setting is a
   different key, so a stale plan is never read; ``meta.json`` repeats the key and is checked.
 * Directories are written under a temporary name and renamed into place, so a reader sees a
-  whole plan or none. Whoever publishes epoch ``e`` of a run removes that run's earlier epochs
-  (a process still reading one keeps its mapping: unlinked files stay readable).
+  whole plan or none. Whoever publishes epoch ``e`` of a run removes that run's epochs before
+  ``e - 1`` (a process still reading one keeps its mapping: unlinked files stay readable).
+* :meth:`PlanCache.prepare` computes the next epoch's plan in the background while the current
+  one runs, so that only a run's very first epoch start pays for the replay.
 
 The replay does not depend on the topology (nodes, ranks, workers), so workers of any layout
 share one plan; their own windows are cheap and stay per process.
@@ -82,8 +84,36 @@ class PlanCache:
         finally:
             lock.__exit__(None, None, None)
 
+    def prepare(self, pieces: Pieces, seed: int, epoch: int, block_size: int) -> bool:
+        """Publish an epoch's replay ahead of need, unless some process has it or is on it.
+
+        Meant for a background thread during the previous epoch, so that the next one starts
+        from the cache. Never waits for the lock: whoever holds it is already preparing.
+
+        Returns:
+            Whether this call computed and published the plan.
+        """
+        run, key = _keys(pieces, seed, epoch, block_size)
+        path = self.directory / f"py1e-{run}-e{epoch}-{key[:16]}"
+        if path.exists():
+            return False
+        try:
+            with file_lock(self.directory / f".{path.name}.lock", blocking=False) as held:
+                if not held or _load(path, key) is not None:
+                    return False
+                replay = replay_py1e(pieces, seed, epoch, block_size)
+                _publish(path, key, replay)
+                self._prune(run, epoch)
+                return True
+        except OSError:
+            return False
+
     def _prune(self, run: str, epoch: int) -> None:
-        """Remove this run's plans of earlier epochs, and their lock files."""
+        """Remove this run's plans of epochs before the previous one, and their lock files.
+
+        The previous epoch's plan stays: while epoch ``e`` is prepared, ``e - 1`` is running and
+        a restart in it should still find its plan.
+        """
         prefix = f"py1e-{run}-e"
         for entry in self.directory.iterdir():
             name = entry.name.lstrip(".")
@@ -93,7 +123,7 @@ class PlanCache:
                 entry_epoch = int(name[len(prefix):].split("-", 1)[0])
             except ValueError:
                 continue
-            if entry_epoch < epoch:
+            if entry_epoch < epoch - 1:
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
                 else:

@@ -18,6 +18,7 @@ import pytest
 
 import mdsloader.ordering.py1e_stream as py1e_stream
 import mdsloader.ordering.streamed as streamed
+import mdsloader.plan_cache as plan_cache_module
 from mdsloader.ordering import (
     OrderSettings,
     StreamSpec,
@@ -256,15 +257,40 @@ def test_plan_cache_ignores_a_damaged_plan(tmp_path: Path):
     _same(cache.py1e_replay(pieces, 3, 0, 500), replay_py1e(pieces, 3, 0, 500))
 
 
-def test_plan_cache_drops_earlier_epochs_of_the_run(tmp_path: Path):
+def _plans(directory: Path) -> dict[str, list[int]]:
+    """Published plans: run key -> epochs."""
+    runs: dict[str, list[int]] = {}
+    for entry in directory.iterdir():
+        if entry.is_dir() and entry.name.startswith("py1e-"):
+            _, run, epoch, _ = entry.name.split("-")
+            runs.setdefault(run, []).append(int(epoch[1:]))
+    return {run: sorted(epochs) for run, epochs in runs.items()}
+
+
+def test_plan_cache_keeps_the_previous_epoch_and_drops_older_ones(tmp_path: Path):
     cache = PlanCache(tmp_path)
     pieces = _pieces()
-    for epoch in range(3):
+    for epoch in range(4):
         cache.py1e_replay(pieces, 3, epoch, 500)
     cache.py1e_replay(_pieces(seed=9), 9, 0, 500)  # another run keeps its own
-    names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-    assert len(names) == 2 and any("-e2-" in n for n in names)
+    assert sorted(_plans(tmp_path).values()) == [[0], [2, 3]]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_plan_cache_prepares_the_next_epoch_once(tmp_path: Path, monkeypatch):
+    from mdsloader.locks import file_lock
+
+    cache = PlanCache(tmp_path)
+    pieces = _pieces()
+    assert cache.prepare(pieces, 3, 1, 500) is True
+    assert cache.prepare(pieces, 3, 1, 500) is False  # already there
+    monkeypatch.setattr("mdsloader.plan_cache.replay_py1e", None)  # must not be needed
+    _same(cache.py1e_replay(pieces, 3, 1, 500), replay_py1e(pieces, 3, 1, 500))
+    # Someone else holding the lock is already preparing it: do not wait, do not compute.
+    run, key = plan_cache_module._keys(pieces, 3, 2, 500)
+    with file_lock(tmp_path / f".py1e-{run}-e2-{key[:16]}.lock"):
+        assert cache.prepare(pieces, 3, 2, 500) is False
+    assert _plans(tmp_path) == {run: [1]}
 
 
 def test_plan_cache_that_cannot_be_created_still_plans(tmp_path: Path):

@@ -209,6 +209,23 @@ def plan_worker(
     return WorkerPlan(positions, lookup, _SmallIds(resampled), max_chunk)
 
 
+def py1e_replay_inputs(streams: Sequence[StreamSpec], choose_per_stream: Sequence[int],
+                       settings: OrderSettings,
+                       epoch: int) -> tuple[Pieces, int, int, int] | None:
+    """The arguments of an epoch's ``py1e`` replay, or None when the order needs none.
+
+    For preparing a coming epoch's plan ahead of time (:meth:`PlanCache.prepare`).
+    """
+    if not (settings.shuffle and settings.shuffle_algo == "py1e"
+            and settings.batching_method == "random"):
+        return None
+    resampled = resample(streams, choose_per_stream, epoch=epoch, seed=settings.shuffle_seed,
+                         shuffle=settings.shuffle, sampling_method=settings.sampling_method,
+                         sampling_granularity=settings.sampling_granularity)
+    ncn, seed = settings.num_canonical_nodes, settings.shuffle_seed
+    return fixed_pieces(resampled.unit_sizes, ncn, seed), seed, epoch, settings.shuffle_block_size
+
+
 def _shuffle_lookup(resampled: Resampled, settings: OrderSettings, epoch: int,
                     replay_source: ReplaySource) -> Callable[[np.ndarray], np.ndarray]:
     """Epoch position -> big sample id under the shuffle (streamed for ``py1e``)."""
