@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mdsloader.ordering.argsort import MIN_FRACTION_BITS, sort_by_position
-from mdsloader.ordering.arrays import segment_starts, shuffled_range
+from mdsloader.ordering.arrays import segment_starts
 from mdsloader.ordering.py1e import _skip_uniforms
 from mdsloader.ordering.rngstate import StateTable
 from mdsloader.ordering.spans import Pieces, shuffle_parts
@@ -146,6 +146,10 @@ class Py1eNodeWindow:
         self.reach = float(max(-lower.min(initial=0.0), upper.max(initial=0.0), 0.0))
         self._step = max(math.ceil(self.reach), _MIN_STEP)
         self._rng = np.random.Generator(np.random.PCG64())
+        widest = int(self._sizes.max(initial=0))
+        self._counting = np.arange(widest, dtype=np.int64)
+        self._counting_float = np.arange(widest, dtype=np.float64)
+        self._kept: dict[int, np.ndarray] = {}
         self._restart(0)
 
     # ---- public ---------------------------------------------------------------------------
@@ -194,6 +198,24 @@ class Py1eNodeWindow:
             self._start_empty()
         elif self._start_at(threshold) > rank:
             self._start_at(rank - self.reach)
+        self._kept.clear()
+
+    def _positions(self, j: int) -> np.ndarray:
+        """Span ``j``'s float positions: the reference's ``float(slot) + uniform(lower, upper)``.
+
+        A restart computes them while counting and again when it starts, so they are kept
+        until the restart ends.
+        """
+        kept = self._kept.pop(j, None)
+        if kept is not None:
+            return kept
+        size, slot = self._size_list[j], self._slot_list[j]
+        out = np.add(self._counting_float[:size], float(slot))
+        lower, upper = self._lower[j], self._upper[j]
+        if not lower == upper == 0:
+            self._replay.shifts.restore(self._first_span + j, self._rng)
+            out += self._rng.uniform(lower, upper, size)
+        return out
 
     def _rank_of(self, threshold: float) -> int:
         """How many samples of the node sort before ``threshold`` (counted, not sorted)."""
@@ -203,14 +225,9 @@ class Py1eNodeWindow:
             slot = self._slot_list[j]
             if slot >= threshold + self.reach:
                 break
-            size = self._size_list[j]
-            lower, upper = self._lower[j], self._upper[j]
-            if lower == upper == 0:
-                count += max(0, min(size, math.ceil(threshold - slot)))
+            if not self._size_list[j]:
                 continue
-            self._replay.shifts.restore(self._first_span + j, self._rng)
-            positions = self._rng.uniform(lower, upper, size)
-            positions += np.arange(slot, slot + size, dtype=np.float64)
+            positions = self._kept[j] = self._positions(j)
             count += int(np.count_nonzero(positions < threshold))
         return count
 
@@ -288,14 +305,11 @@ class Py1eNodeWindow:
                 continue
             span = ids[offset:offset + size]
             replay.shuffles.restore(self._first_span + j, rng)
-            shuffled_range(span, self._begins[j], rng)
-            out = pos[offset:offset + size]
-            # The reference's float(slot) + uniform(lower, upper), the same sums.
-            np.add(np.arange(size, dtype=np.float64), float(self._slot_list[j]), out=out)
-            lower, upper = self._lower[j], self._upper[j]
-            if not lower == upper == 0:
-                replay.shifts.restore(self._first_span + j, rng)
-                out += rng.uniform(lower, upper, size)
+            # Shuffled as int64, which numpy's shuffle special-cases (faster than int32 here).
+            np.add(self._counting[:size], self._begins[j], out=span)
+            if size > 1:
+                rng.shuffle(span)
+            pos[offset:offset + size] = self._positions(j)
             offset += size
         self._next_span = stop
         self._covered = self._slot_list[stop] if stop < len(self._slot_list) else self.size
