@@ -148,17 +148,19 @@ def run_child(impl: str, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
         # The default collate (what training code uses) turns columns into tensors in the
         # workers, which is far cheaper to send to the main process than sample dicts.
         loader = loader_cls(ds, batch_size=BATCH, num_workers=2)
-        start = time.perf_counter()
+        cpu, start = _tree_cpu(), time.perf_counter()
         n = sum(len(b["a"]) for b in loader)
         result["rate"] = n / (time.perf_counter() - start)
+        result["cpu_us"] = (_tree_cpu() - cpu) / n * 1e6
     elif scenario == "loader2_user":
         _, loader_cls = _classes(impl)
         # A user's own collate_fn returning the samples themselves (``lambda batch: batch``):
         # lists of sample dicts cross the workers' queue.
         loader = loader_cls(ds, batch_size=BATCH, num_workers=2, collate_fn=_identity)
-        start = time.perf_counter()
+        cpu, start = _tree_cpu(), time.perf_counter()
         n = sum(len(b) for b in loader)
         result["rate"] = n / (time.perf_counter() - start)
+        result["cpu_us"] = (_tree_cpu() - cpu) / n * 1e6
     elif scenario == "random":
         import numpy as np
 
@@ -183,6 +185,21 @@ def run_child(impl: str, scenario: str, spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("remote"):
         shutil.rmtree(ds.streams[0].local, ignore_errors=True)  # the cold run's cache
     return result
+
+
+def _tree_cpu() -> float:
+    """CPU seconds of this process and its reaped children (the epoch's DataLoader workers).
+
+    On a machine shared with other work a short run's rate swings with the others' load; the
+    CPU each sample costs swings far less, so the DataLoader rows report it as well.
+    """
+    import resource
+
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def _status_mib(key: str) -> float:
@@ -339,6 +356,16 @@ def print_table(rows: list[tuple[str, str, dict[str, Any], dict[str, Any]]], sam
             cells = f"{value:.3f} | {base:.3f} | {base / value:.1f}x"
         anon = f"{ours['anon_mib']:.0f} / {ref['anon_mib']:.0f}"
         print(f"| {label} | {cells} | {anon} | {ours['peak_mib']:.0f} / {ref['peak_mib']:.0f} |")
+    cpu_rows = [(label, ours, ref) for _, label, ours, ref in rows if "cpu_us" in ours]
+    if cpu_rows:
+        print()
+        print("CPU per sample of the whole process tree (main process and workers), the steadier")
+        print("figure on a shared machine:")
+        print()
+        for label, ours, ref in cpu_rows:
+            mine, theirs = ours["cpu_us"], ref["cpu_us"]
+            name = label.removesuffix(" (samples/s)")
+            print(f"- {name}: ours {mine:.1f} us, reference {theirs:.1f} us, {theirs / mine:.1f}x")
 
 
 if __name__ == "__main__":
