@@ -221,9 +221,11 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         return self._catalog.samples_per_shard
 
     @property
-    def shards(self) -> tuple[Any, ...]:
+    def shards(self) -> Sequence[Any]:
         """Every shard's index entry (``ShardInfo``: ``samples``, ``compression``, ``raw_data``,
-        ``zip_data``, columns, ...), streams concatenated: the reference's ``shards`` list."""
+        ``zip_data``, columns, ...), streams concatenated: the reference's ``shards`` list.
+
+        A read-only sequence backed by arrays; an entry is built when it is read."""
         return self._catalog.shards
 
     # ---- order settings, read back as the reference's attributes ---------------------------

@@ -329,3 +329,38 @@ def test_plan_cache_is_computed_once_by_racing_processes(tmp_path: Path):
         assert proc.exitcode == 0
     assert marker.read_text() == "x"
     assert len([p for p in (tmp_path / "plans").iterdir() if p.is_dir()]) == 1
+
+
+# ---- the helper thread ----------------------------------------------------------------------
+
+
+def _many_chunks_plan():
+    sizes = np.full(20, 500, np.int64)
+    return streamed.plan_worker([StreamSpec(10_000, sizes)], [10_000], _settings(batch_size=1),
+                                Topology(1, 1, 1, 0, 0, 0), epoch=0, sample_in_epoch=0,
+                                initial_physical_nodes=None)
+
+
+def test_chunks_hand_a_failure_to_the_consumer_in_order(tiny_steps):
+    seen = []
+
+    def transform(ids):
+        seen.append(ids.size)
+        if len(seen) == 3:
+            raise RuntimeError("boom in chunk 3")
+        return ids
+
+    chunks = _many_chunks_plan().chunks(transform=transform)
+    assert next(chunks).size and next(chunks).size
+    with pytest.raises(RuntimeError, match="boom in chunk 3"):
+        next(chunks)
+    with pytest.raises(StopIteration):
+        next(chunks)
+
+
+def test_closing_the_chunks_stops_the_thread(tiny_steps):
+    chunks = _many_chunks_plan().chunks(ahead=1)
+    next(chunks)
+    chunks.close()
+    chunks._thread.join(5)
+    assert not chunks._thread.is_alive()

@@ -82,14 +82,14 @@ class WorkerPlan:
         return self._small(self._lookup(positions))
 
     def chunks(self, ahead: int = 2,
-               transform: Callable[[np.ndarray], Any] | None = None) -> Iterator[Any]:
+               transform: Callable[[np.ndarray], Any] | None = None) -> PlanChunks:
         """The ids in chunks, computed on a helper thread up to ``ahead`` chunks in advance.
 
         numpy drops the GIL for the heavy steps (shuffles, sorts), so the next chunks are made
         while the caller reads samples. ``transform``, if given, is applied to each chunk on the
         same thread. Closing the iterator stops the thread.
         """
-        return _Prefetched(self, ahead, transform)
+        return PlanChunks(self, ahead, transform)
 
     def all_ids(self) -> np.ndarray:
         """Every id at once (for tests and small epochs)."""
@@ -97,8 +97,11 @@ class WorkerPlan:
         return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
 
-class _Prefetched:
-    """Iterator over a plan's chunks, filled by a daemon thread through a bounded queue."""
+class PlanChunks:
+    """Iterator over a plan's chunks, filled by a daemon thread through a bounded queue.
+
+    Not fork-safe: a process forked while one is open must make its own.
+    """
 
     _DONE = object()
 
@@ -131,7 +134,7 @@ class _Prefetched:
                 continue
         return False
 
-    def __iter__(self) -> _Prefetched:
+    def __iter__(self) -> PlanChunks:
         return self
 
     def __next__(self) -> Any:
