@@ -519,6 +519,9 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
                     # None: not being prepared (it was open when it came within reach and has
                     # been closed since, or close() cancelled its preparation).
                     self._open_reader(shard, ahead.wait(shard) or self.cache.ensure(shard))
+                    # Open whatever else is ready too, without evicting anything for it.
+                    for other, path in ahead.ready(_OPEN_READERS - len(self._readers)):
+                        self._open_reader(other, path)
                     continue
                 yield self._segment(plan, position, end, ahead)
                 position, size = end, min(2 * size, _SEGMENT)

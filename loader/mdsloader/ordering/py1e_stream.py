@@ -144,6 +144,13 @@ class Py1eNodeWindow:
         self._lower, self._upper = lower.tolist(), upper.tolist()
         # No shift reaches further than this: samples of slots >= S sit at or after S - reach.
         self.reach = float(max(-lower.min(initial=0.0), upper.max(initial=0.0), 0.0))
+        # The earliest position any sample of spans j.. can take (non-decreasing in j), and the
+        # latest of spans ..j: exact bounds, tighter than ``slot -+ reach``.
+        empty = self._sizes == 0
+        earliest = np.where(empty, np.inf, self._slots + lower)
+        latest = np.where(empty, -np.inf, self._slots + self._sizes - 1 + upper)
+        self._floor = np.minimum.accumulate(earliest[::-1])[::-1].copy()
+        self._ceiling = np.maximum.accumulate(latest)
         self._step = max(math.ceil(self.reach), _MIN_STEP)
         self._rng = np.random.Generator(np.random.PCG64())
         widest = int(self._sizes.max(initial=0))
@@ -219,17 +226,28 @@ class Py1eNodeWindow:
 
     def _rank_of(self, threshold: float) -> int:
         """How many samples of the node sort before ``threshold`` (counted, not sorted)."""
-        first = max(int(np.searchsorted(self._slots, threshold - self.reach, "right")) - 1, 0)
+        first = self._first_undecided(threshold)
         count = self._slot_list[first]
-        for j in range(first, len(self._size_list)):
-            slot = self._slot_list[j]
-            if slot >= threshold + self.reach:
-                break
+        for j in range(first, self._cover_span(threshold)):
             if not self._size_list[j]:
                 continue
             positions = self._kept[j] = self._positions(j)
             count += int(np.count_nonzero(positions < threshold))
         return count
+
+    def _first_undecided(self, threshold: float) -> int:
+        """The first span not wholly before ``threshold`` (every earlier sample sorts before it)."""
+        return int(np.searchsorted(self._ceiling, threshold, "left"))
+
+    def _cover_span(self, position: float) -> int:
+        """The first span from which on every sample sorts at or after ``position``."""
+        return int(np.searchsorted(self._floor, position, "left"))
+
+    def _cover(self, position: float) -> int:
+        """The slot up to which spans must be added so that nothing unadded sorts before
+        ``position``."""
+        span = self._cover_span(position)
+        return self._slot_list[span] if span < len(self._slot_list) else self.size
 
     def _start_empty(self) -> None:
         self._next_span, self._covered = 0, 0
@@ -237,22 +255,21 @@ class Py1eNodeWindow:
         self._pend_ids = np.empty(0, np.int64)
         self._pend_pos = np.empty(0, np.float64)
         self._out, self._out_lo = np.empty(0, np.int64), 0
-        self._fresh = True
+        self._fresh, self._grow = True, _MIN_STEP
 
     def _start_at(self, threshold: float) -> int:
         """Hold everything from ``threshold`` on, nothing before; return the threshold's rank."""
         # Every slot below threshold - reach sorts before the threshold, every slot at or past
         # threshold + reach after it: only the spans in between decide the threshold's rank.
-        first = int(np.searchsorted(self._slots, threshold - self.reach, "right")) - 1
-        first = max(first, 0)
+        first = min(self._first_undecided(threshold), len(self._slot_list) - 1)
         self._next_span, self._covered = first, self._slot_list[first]
-        ids, pos = self._add_spans(min(self.size, math.ceil(threshold + self.reach)))
+        ids, pos = self._add_spans(self._cover(threshold))
         before = pos < threshold
         self._out_lo = self._slot_list[first] + int(np.count_nonzero(before))
         self._out = np.empty(0, np.int64)
         self._pend_ids, self._pend_pos = ids[~before], pos[~before]
         self._threshold = threshold
-        self._fresh = True
+        self._fresh, self._grow = True, _MIN_STEP
         self._emit()
         return self._out_lo
 
@@ -262,9 +279,12 @@ class Py1eNodeWindow:
         After a (re)start only what ``wanted`` needs is added, for a quick first answer; later
         advances add at least a step, so each pending sample is scanned a few times at most.
         """
-        target = math.ceil(wanted + self.reach) + 1
+        target = self._cover(wanted + _AHEAD)
         if not self._fresh:
-            target = max(target, self._covered + self._step)
+            target = max(target, self._covered + self._grow)
+            # Steps grow from small to ``reach``: the first chunks, while the consumer is busy
+            # with its first batches, stay cheap.
+            self._grow = min(2 * self._grow, self._step)
         self._fresh = False
         ids, pos = self._add_spans(min(self.size, target))
         self._pend_ids = np.concatenate([self._pend_ids, ids])
@@ -274,7 +294,7 @@ class Py1eNodeWindow:
     def _emit(self) -> None:
         """Move every pending sample that is now final, in order, to the output."""
         done = self._covered >= self.size
-        limit = math.inf if done else self._covered - self.reach
+        limit = math.inf if done else float(self._floor[self._next_span])
         if limit <= self._threshold and not done:
             return
         final = self._pend_pos < limit
@@ -316,6 +336,9 @@ class Py1eNodeWindow:
         return ids, pos
 
 
+# Positions past the wanted rank that an advance makes final (a rank strays from its position by
+# tens of thousands at default block sizes; a shortfall costs another advance).
+_AHEAD = 1 << 15
 # How far below the wanted rank a restart may begin (a few samples decoded for nothing).
 _CLOSE = 1 << 12
 # Ranks kept behind the last request: consumers step back a little near a node's end (padding
