@@ -7,6 +7,7 @@ ahead position by position, and wait only for the shard the next sample needs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -234,6 +235,24 @@ def test_lookahead_raises_preparation_errors_in_wait_and_cancels_on_close():
     again.advance(0, np.zeros(1, bool), 1)
     with pytest.raises(OSError, match="boom"):
         again.wait(0)
+
+
+def test_lookahead_hands_over_finished_preparations_in_order_and_keeps_failures():
+    def prepare(shard: int) -> Path:
+        if shard == 2:
+            raise OSError("boom 2")
+        return Path(str(shard))
+
+    ahead = _lookahead([3, 0, 2, 1, 4], 5, prepare)
+    ahead.advance(0, np.zeros(5, bool), 5)
+    for future in list(ahead._pending.values()):
+        with contextlib.suppress(OSError):
+            future.result(5)
+    assert ahead.ready(2) == [(3, Path("3")), (0, Path("0"))]  # first asked first, at most 2
+    assert ahead.ready(10) == [(1, Path("1")), (4, Path("4"))]  # shard 2 failed: left for wait
+    assert not ahead._asked[[0, 1, 3, 4]].any() and ahead._asked[2]
+    with pytest.raises(OSError, match="boom 2"):
+        ahead.wait(2)
 
 
 def test_plan_samples_locates_every_position_and_skips_empty_shards():
