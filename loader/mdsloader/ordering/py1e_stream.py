@@ -287,8 +287,11 @@ class Py1eNodeWindow:
             self._grow = min(2 * self._grow, self._step)
         self._fresh = False
         ids, pos = self._add_spans(min(self.size, target))
-        self._pend_ids = np.concatenate([self._pend_ids, ids])
-        self._pend_pos = np.concatenate([self._pend_pos, pos])
+        if self._pend_ids.size:
+            self._pend_ids = np.concatenate([self._pend_ids, ids])
+            self._pend_pos = np.concatenate([self._pend_pos, pos])
+        else:  # no copy (fresh large arrays cost page faults)
+            self._pend_ids, self._pend_pos = ids, pos
         self._emit()
 
     def _emit(self) -> None:
@@ -297,15 +300,19 @@ class Py1eNodeWindow:
         limit = math.inf if done else float(self._floor[self._next_span])
         if limit <= self._threshold and not done:
             return
-        final = self._pend_pos < limit
-        ids, pos = self._pend_ids[final], self._pend_pos[final]
+        if done:  # everything left is final: no split
+            ids, pos = self._pend_ids, self._pend_pos
+            self._pend_ids, self._pend_pos = ids[:0], pos[:0]
+        else:
+            final = self._pend_pos < limit
+            ids, pos = self._pend_ids[final], self._pend_pos[final]
+            keep = ~final
+            self._pend_ids, self._pend_pos = self._pend_ids[keep], self._pend_pos[keep]
         if self.reach == 0.0:
             ordered = ids  # nothing moves: slot order is the order
         else:
             ordered = _sorted_by_position(ids, pos, math.floor(self._threshold))
         self._out = np.concatenate([self._out, ordered]) if self._out.size else ordered
-        keep = ~final
-        self._pend_ids, self._pend_pos = self._pend_ids[keep], self._pend_pos[keep]
         self._threshold = limit
 
     def _add_spans(self, target: int) -> tuple[np.ndarray, np.ndarray]:
