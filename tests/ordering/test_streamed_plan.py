@@ -83,6 +83,18 @@ def test_every_worker_matches_the_whole_epoch(tiny_steps, ncn: int, block: int):
     assert set(np.concatenate(seen).tolist()) == set(range(int(UNEVEN.sum())))
 
 
+@pytest.mark.parametrize("resume_at", [0, 13, 500, 900])
+def test_nodes_where_nothing_moves_match(tiny_steps, resume_at: int):
+    """Every span at least its block (or alone in its node): the order is the shuffled spans."""
+    sizes = np.array([130, 57, 400, 233, 88], np.int64)
+    streams = [StreamSpec(int(sizes.sum()), sizes)]
+    for ncn, block in ((1, 10), (5, 10), (2, 40)):
+        settings = _settings(num_canonical_nodes=ncn, shuffle_block_size=block, batch_size=2)
+        whole, got, _ = _both(streams, settings, Topology(1, 1, 2, 0, 0, 1),
+                              sample_in_epoch=resume_at)
+        np.testing.assert_array_equal(got, whole)
+
+
 @pytest.mark.parametrize("partition", ["orig", "relaxed"])
 @pytest.mark.parametrize("resume_at", [1, 97, 1000, 1890])
 def test_resumption_matches_the_whole_epoch(tiny_steps, partition: str, resume_at: int):

@@ -191,6 +191,13 @@ class Py1eNodeWindow:
         needed; so the threshold is first placed just below ``rank`` by counting (positions only,
         no ids, no sort) and corrected by what the count says, falling back to the safe one.
         """
+        if self.reach == 0.0:
+            # Nothing moves (every span at least its block): restart at the span holding rank.
+            first = max(int(np.searchsorted(self._slots, rank, "right")) - 1, 0)
+            self._start_empty()
+            self._next_span, self._covered = first, self._slot_list[first]
+            self._out_lo = self._covered
+            return
         threshold = float(rank)
         for _ in range(4):
             if threshold <= 0.0:
@@ -286,6 +293,10 @@ class Py1eNodeWindow:
             # with its first batches, stay cheap.
             self._grow = min(2 * self._grow, self._step)
         self._fresh = False
+        if self.reach == 0.0:  # slot order is the order: no positions, no sort
+            ids, _ = self._add_spans(min(self.size, target), positions=False)
+            self._out = np.concatenate([self._out, ids]) if self._out.size else ids
+            return
         ids, pos = self._add_spans(min(self.size, target))
         if self._pend_ids.size:
             self._pend_ids = np.concatenate([self._pend_ids, ids])
@@ -315,15 +326,17 @@ class Py1eNodeWindow:
         self._out = np.concatenate([self._out, ordered]) if self._out.size else ordered
         self._threshold = limit
 
-    def _add_spans(self, target: int) -> tuple[np.ndarray, np.ndarray]:
-        """Regenerate the next spans until slots ``[.., target)`` are covered: ids and positions."""
+    def _add_spans(self, target: int,
+                   positions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Regenerate the next spans until slots ``[.., target)`` are covered: ids and positions
+        (an empty array for the positions when ``positions`` is False)."""
         stop = self._next_span
         while stop < len(self._size_list) and self._slot_list[stop] < target:
             stop += 1
         first = self._next_span
         count = sum(self._size_list[first:stop])
         ids = np.empty(count, np.int64)
-        pos = np.empty(count, np.float64)
+        pos = np.empty(count if positions else 0, np.float64)
         offset = 0
         rng, replay = self._rng, self._replay
         for j in range(first, stop):
@@ -336,7 +349,8 @@ class Py1eNodeWindow:
             np.add(self._counting[:size], self._begins[j], out=span)
             if size > 1:
                 rng.shuffle(span)
-            pos[offset:offset + size] = self._positions(j)
+            if positions:
+                pos[offset:offset + size] = self._positions(j)
             offset += size
         self._next_span = stop
         self._covered = self._slot_list[stop] if stop < len(self._slot_list) else self.size
