@@ -472,12 +472,7 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         presumed = self._ledger.next_epoch()
         epoch, _, applied = resolve_epoch(presumed, self._ledger.load_resume())
         self._adopt(applied, self._world)
-        inputs = self._planner.next_replay_inputs(
-            epoch=epoch, num_canonical_nodes=int(self.num_canonical_nodes),  # type: ignore[arg-type]
-            shuffle_seed=self.shuffle_seed,
-            shuffle_block_size=int(self.shuffle_block_size),  # type: ignore[arg-type]
-            batch_size=int(self.batch_size or 1),
-        )
+        inputs = self._replay_inputs(epoch)
         if inputs is None:
             return None
         if not background:
@@ -488,18 +483,22 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         thread.start()
         return thread
 
+    def _replay_inputs(self, epoch: int) -> tuple | None:
+        """The arguments of ``epoch``'s ``py1e`` replay under the current settings, or None."""
+        return self._planner.next_replay_inputs(
+            epoch=epoch, num_canonical_nodes=int(self.num_canonical_nodes),  # type: ignore[arg-type]
+            shuffle_seed=self.shuffle_seed,
+            shuffle_block_size=int(self.shuffle_block_size),  # type: ignore[arg-type]
+            batch_size=int(self.batch_size or 1),
+        )
+
     def _prepare_plan_later(self, epoch: int) -> None:
         """Have the node's plan cache prepare ``epoch``'s plan while this epoch runs.
 
         Only the first epoch of a run then waits for the replay of its draws (10 s at a
         billion samples); the node's other workers find the plan being made and skip.
         """
-        inputs = self._planner.next_replay_inputs(
-            epoch=epoch, num_canonical_nodes=int(self.num_canonical_nodes),  # type: ignore[arg-type]
-            shuffle_seed=self.shuffle_seed,
-            shuffle_block_size=int(self.shuffle_block_size),  # type: ignore[arg-type]
-            batch_size=int(self.batch_size),  # type: ignore[arg-type]
-        )
+        inputs = self._replay_inputs(epoch)
         if inputs is not None:
             # Started a little later, so that it does not compete with the epoch's first batches.
             timer = threading.Timer(_PREPARE_DELAY, self._plan_cache.prepare, inputs)
