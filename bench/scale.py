@@ -147,10 +147,15 @@ def _status_kib(pid: int | str, key: str) -> int:
 
 def _children(parent: int) -> list[int]:
     """Live child processes of ``parent``."""
+    return _pids_where(1, parent)
+
+
+def _pids_where(field: int, value: int) -> list[int]:
+    """Processes whose ``/proc/<pid>/stat`` field ``field`` (1 ppid, 3 session) is ``value``."""
     pids = []
     for entry in os.listdir("/proc"):
         fields = _stat_fields(entry) if entry.isdigit() else None
-        if fields is not None and int(fields[1]) == parent:
+        if fields is not None and int(fields[field]) == value:
             pids.append(int(entry))
     return pids
 
@@ -209,12 +214,7 @@ def run_child(impl: str, scenario: str, data: str, size: int, mem_cap: int) -> d
 
 def _session_pids(sid: int) -> list[int]:
     """Processes of session ``sid`` (the child and every process it started)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        fields = _stat_fields(entry) if entry.isdigit() else None
-        if fields is not None and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
+    return _pids_where(3, sid)
 
 
 def _rollup_kib(pid: int) -> dict[str, int]:

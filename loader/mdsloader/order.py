@@ -6,10 +6,7 @@ answers "which global sample ids does this worker yield in this epoch" for any t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING
 
 from mdsloader.ordering import sampling
 
@@ -69,13 +66,6 @@ class EpochPlanner:
         from mdsloader.ordering import epoch
 
         return int(epoch.default_shuffle_block_size(num_canonical_nodes))
-
-    def worker_sample_ids(self, world: World, **kwargs: Any) -> NDArray[np.int64]:
-        """The real global sample ids one worker yields in an epoch, in order (no padding).
-
-        Takes :meth:`worker_plan`'s keywords; the streamed plan read in one piece.
-        """
-        return self.worker_plan(world, **kwargs).all_ids()
 
     def next_replay_inputs(self, *, epoch: int, num_canonical_nodes: int, shuffle_seed: int,
                            shuffle_block_size: int, batch_size: int) -> tuple | None:

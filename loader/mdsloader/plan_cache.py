@@ -60,18 +60,16 @@ class PlanCache:
         Same arguments and result as :func:`~mdsloader.ordering.py1e_stream.replay_py1e`. When the
         directory cannot be written the replay is computed and returned uncached.
         """
-        run, key = _keys(pieces, seed, epoch, block_size)
-        path = self.directory / f"py1e-{run}-e{epoch}-{key[:16]}"
+        run, key, path = self._entry(pieces, seed, epoch, block_size)
         found = _load(path, key)
         if found is not None:
             return found
-        try:
-            lock = file_lock(self.directory / f".{path.name}.lock")
-            lock.__enter__()
-        except OSError:
-            # A read-only cache directory costs the sharing, not the run.
-            return replay_py1e(pieces, seed, epoch, block_size)
-        try:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(file_lock(self.directory / f".{path.name}.lock"))
+            except OSError:
+                # A read-only cache directory costs the sharing, not the run.
+                return replay_py1e(pieces, seed, epoch, block_size)
             # Whoever held the lock before us may have published it meanwhile.
             found = _load(path, key)
             if found is not None:
@@ -81,8 +79,6 @@ class PlanCache:
                 _publish(path, key, replay)
                 self._prune(run, epoch)
             return replay
-        finally:
-            lock.__exit__(None, None, None)
 
     def prepare(self, pieces: Pieces, seed: int, epoch: int, block_size: int) -> bool:
         """Publish an epoch's replay ahead of need, unless some process has it or is on it.
@@ -93,8 +89,7 @@ class PlanCache:
         Returns:
             Whether this call computed and published the plan.
         """
-        run, key = _keys(pieces, seed, epoch, block_size)
-        path = self.directory / f"py1e-{run}-e{epoch}-{key[:16]}"
+        run, key, path = self._entry(pieces, seed, epoch, block_size)
         if path.exists():
             return False
         try:
@@ -107,6 +102,12 @@ class PlanCache:
                 return True
         except OSError:
             return False
+
+    def _entry(self, pieces: Pieces, seed: int, epoch: int,
+               block_size: int) -> tuple[str, str, Path]:
+        """(run key, full key, directory) of an epoch's plan."""
+        run, key = _keys(pieces, seed, epoch, block_size)
+        return run, key, self.directory / f"py1e-{run}-e{epoch}-{key[:16]}"
 
     def _prune(self, run: str, epoch: int) -> None:
         """Remove this run's plans of epochs before the previous one, and their lock files.

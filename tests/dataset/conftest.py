@@ -96,3 +96,11 @@ def clean_reference_shm(reference) -> Iterator[None]:
     clean_stale_shared_memory()
     yield
     clean_stale_shared_memory()
+
+
+@pytest.fixture
+def in_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run as a DataLoader worker (get_worker_info() is not None)."""
+    import torch.utils.data._utils.worker as torch_worker
+
+    monkeypatch.setattr(torch_worker, "_worker_info", object())

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing  # registers the tensor reductions ForkingPickler uses
-import torch.utils.data._utils.worker as torch_worker
 from torch.utils.data import DataLoader, default_collate
 
 from mdsloader import transfer
@@ -52,12 +51,6 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> str:
         for i in range(SAMPLES):
             writer.write(_sample(i))
     return str(out)
-
-
-@pytest.fixture
-def in_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run as a DataLoader worker (get_worker_info() is not None)."""
-    monkeypatch.setattr(torch_worker, "_worker_info", object())
 
 
 def assert_same(got: Any, want: Any, *, sharing: bool = True, path: str = "batch") -> None:

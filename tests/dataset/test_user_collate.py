@@ -61,12 +61,6 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-@pytest.fixture
-def in_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run as a DataLoader worker (get_worker_info() is not None)."""
-    monkeypatch.setattr(torch_worker, "_worker_info", object())
-
-
 def through_queue(value: Any) -> Any:
     """What the main process unpickles from a worker's result queue."""
     return pickle.loads(bytes(ForkingPickler.dumps(value)))

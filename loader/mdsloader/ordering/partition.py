@@ -218,6 +218,23 @@ def worker_partition(
     Raises:
         ValueError: As :func:`get_partitions`, or if the coordinates are outside the topology.
     """
+    validate_worker(num_physical_nodes, ranks_per_node, workers_per_rank, node=node,
+                    rank_of_node=rank_of_node, worker=worker)
+    part = resolve_partition(algo, num_samples, num_canonical_nodes, num_physical_nodes,
+                             ranks_per_node, workers_per_rank, batch_size, drop_first,
+                             initial_physical_nodes)
+    if part.recut:
+        return _recut_worker(part, node, rank_of_node, worker)
+    return orig_worker(part.plan, node, rank_of_node, worker)
+
+
+def validate_worker(num_physical_nodes: int, ranks_per_node: int, workers_per_rank: int, *,
+                    node: int, rank_of_node: int, worker: int) -> None:
+    """Check that a worker's coordinates lie inside the topology.
+
+    Raises:
+        ValueError: Naming the coordinate that is out of range.
+    """
     for name, value, bound in (
         ("node", node, num_physical_nodes),
         ("rank_of_node", rank_of_node, ranks_per_node),
@@ -225,12 +242,6 @@ def worker_partition(
     ):
         if not 0 <= value < bound:
             raise ValueError(f"`{name}` must be in [0, {bound}), got {value}")
-    part = resolve_partition(algo, num_samples, num_canonical_nodes, num_physical_nodes,
-                             ranks_per_node, workers_per_rank, batch_size, drop_first,
-                             initial_physical_nodes)
-    if part.recut:
-        return _recut_worker(part, node, rank_of_node, worker)
-    return orig_worker(part.plan, node, rank_of_node, worker)
 
 
 # Elements per step when evaluating a re-cut worker's slice (small, cache-resident temporaries).

@@ -319,10 +319,7 @@ class Py1eNodeWindow:
             ids, pos = self._pend_ids[final], self._pend_pos[final]
             keep = ~final
             self._pend_ids, self._pend_pos = self._pend_ids[keep], self._pend_pos[keep]
-        if self.reach == 0.0:
-            ordered = ids  # nothing moves: slot order is the order
-        else:
-            ordered = _sorted_by_position(ids, pos, math.floor(self._threshold))
+        ordered = _sorted_by_position(ids, pos, math.floor(self._threshold))
         self._out = np.concatenate([self._out, ordered]) if self._out.size else ordered
         self._threshold = limit
 

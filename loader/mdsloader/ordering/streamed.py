@@ -32,7 +32,7 @@ from mdsloader.ordering.epoch import (
     _stream_batched_ids,
 )
 from mdsloader.ordering.orig import orig_worker_range, orig_worker_valid
-from mdsloader.ordering.partition import Partition, resolve_partition
+from mdsloader.ordering.partition import Partition, resolve_partition, validate_worker
 from mdsloader.ordering.py1e import warn_clipped
 from mdsloader.ordering.py1e_stream import Py1eNodeWindow, Py1eReplay, replay_py1e
 from mdsloader.ordering.sampling import Resampled, StreamSpec, resample
@@ -189,15 +189,11 @@ def plan_worker(
                                   sample_in_epoch=sample_in_epoch,
                                   initial_physical_nodes=initial_physical_nodes)
         return WorkerPlan(_Listed(ids), _identity, _SmallIds(None), MAX_CHUNK)
-    resampled = resample(streams, choose_per_stream, epoch=epoch, seed=settings.shuffle_seed,
-                         shuffle=settings.shuffle, sampling_method=settings.sampling_method,
-                         sampling_granularity=settings.sampling_granularity)
+    resampled = _resample(streams, choose_per_stream, settings, epoch)
     epoch_size = int(resampled.unit_sizes.sum())
-    for name, value, bound in (("node", topology.node, topology.num_nodes),
-                               ("rank_of_node", topology.rank_of_node, topology.ranks_per_node),
-                               ("worker", topology.worker, topology.workers_per_rank)):
-        if not 0 <= value < bound:
-            raise ValueError(f"`{name}` must be in [0, {bound}), got {value}")
+    validate_worker(topology.num_nodes, topology.ranks_per_node, topology.workers_per_rank,
+                    node=topology.node, rank_of_node=topology.rank_of_node,
+                    worker=topology.worker)
     part = resolve_partition(settings.partition_algo, epoch_size, settings.num_canonical_nodes,
                              topology.num_nodes, topology.ranks_per_node,
                              topology.workers_per_rank, settings.batch_size, sample_in_epoch,
@@ -222,11 +218,16 @@ def py1e_replay_inputs(streams: Sequence[StreamSpec], choose_per_stream: Sequenc
     if not (settings.shuffle and settings.shuffle_algo == "py1e"
             and settings.batching_method == "random"):
         return None
-    resampled = resample(streams, choose_per_stream, epoch=epoch, seed=settings.shuffle_seed,
-                         shuffle=settings.shuffle, sampling_method=settings.sampling_method,
-                         sampling_granularity=settings.sampling_granularity)
+    units = _resample(streams, choose_per_stream, settings, epoch).unit_sizes
     ncn, seed = settings.num_canonical_nodes, settings.shuffle_seed
-    return fixed_pieces(resampled.unit_sizes, ncn, seed), seed, epoch, settings.shuffle_block_size
+    return fixed_pieces(units, ncn, seed), seed, epoch, settings.shuffle_block_size
+
+
+def _resample(streams: Sequence[StreamSpec], choose_per_stream: Sequence[int],
+              settings: OrderSettings, epoch: int) -> Resampled:
+    return resample(streams, choose_per_stream, epoch=epoch, seed=settings.shuffle_seed,
+                    shuffle=settings.shuffle, sampling_method=settings.sampling_method,
+                    sampling_granularity=settings.sampling_granularity)
 
 
 def _shuffle_lookup(resampled: Resampled, settings: OrderSettings, epoch: int,
