@@ -73,6 +73,7 @@ def test_wheel_reads_a_local_dataset_without_service_packages(
         import importlib.util, json, sys
         import mdsloader
         from mdsloader.mds.reader import DatasetReader
+        from mdsloader.ordering import shuffle_draws
         ds = DatasetReader({str(tmp_path / "ds")!r})
         rows = [ds[i] for i in range(len(ds))]
         print(json.dumps({{
@@ -83,12 +84,15 @@ def test_wheel_reads_a_local_dataset_without_service_packages(
             "heavy_loaded": [m for m in ("torch", "boto3") if m in sys.modules],
             "service_installed": [m for m in ("fastapi", "celery", "pyspark", "redis")
                                   if importlib.util.find_spec(m) is not None],
+            "compiled": shuffle_draws.compiled_available(),
         }}))
     """)
     assert report["n"] == 300 and report["ids"] == list(range(300))
     assert report["text_ok"] and report["emb_ok"]
     assert report["heavy_loaded"] == [], "the base import must not pull torch or boto3"
     assert report["service_installed"] == [], "the loader must not depend on service packages"
+    # Built where a C compiler exists (here): the wheel carries the compiled shuffle replay.
+    assert report["compiled"], "the wheel lacks mdsloader.ordering._shuffle_draws"
 
 
 def test_wheel_streams_a_dataset_from_s3(clean_venv: Path, s3_bucket: str, tmp_path: Path) -> None:
