@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import mdsloader.ordering.py1e_band as py1e_band
 import mdsloader.ordering.py1e_stream as py1e_stream
 import mdsloader.ordering.streamed as streamed
 import mdsloader.plan_cache as plan_cache_module
@@ -27,16 +28,38 @@ from mdsloader.ordering import (
     resolve_stream_choose,
     worker_sample_ids,
 )
+from mdsloader.ordering.py1e_band import Py1eBandWindow, band_window_available
 from mdsloader.ordering.py1e_stream import Py1eNodeWindow, replay_py1e
 from mdsloader.ordering.shuffle import fixed_pieces
 from mdsloader.plan_cache import PlanCache
+from tests.conftest import require
+
+WINDOWS = {"bands": Py1eBandWindow, "numpy": Py1eNodeWindow}
+
+
+def _tiny_bands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(py1e_band, "_FIRST_EXTRA", 1)
+    monkeypatch.setattr(py1e_band, "_GROWTH", 2)
+    monkeypatch.setattr(py1e_band, "_MIN_WIDEST", 1)
+    monkeypatch.setattr(py1e_band, "_CLOSE", 2)
+    monkeypatch.setattr(py1e_band, "_RETAIN", 3)
+
+
+@pytest.fixture(params=sorted(WINDOWS))
+def window_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type:
+    """Each node-window implementation in turn: compiled bands, and the numpy fallback."""
+    if request.param == "bands":
+        require(band_window_available(), "the loader was installed without its C extension")
+    monkeypatch.setattr(streamed, "node_window", WINDOWS[request.param])
+    return WINDOWS[request.param]
 
 
 @pytest.fixture
-def tiny_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Windows advance by a few samples and chunks are a few ids: every edge comes up."""
+def tiny_steps(monkeypatch: pytest.MonkeyPatch, window_kind: type) -> None:
+    """Windows and bands advance by a few samples and chunks are a few ids: every edge comes up."""
     monkeypatch.setattr(py1e_stream, "_MIN_STEP", 1)
     monkeypatch.setattr(py1e_stream, "_RETAIN", 3)
+    _tiny_bands(monkeypatch)
     monkeypatch.setattr(streamed, "FIRST_CHUNK", 5)
     monkeypatch.setattr(streamed, "MAX_CHUNK", 37)
 
@@ -151,13 +174,14 @@ def test_errors_come_from_plan_creation_not_iteration():
                              sample_in_epoch=99, initial_physical_nodes=None)
 
 
-def test_window_answers_any_range_in_any_order(monkeypatch: pytest.MonkeyPatch):
+def test_window_answers_any_range_in_any_order(monkeypatch: pytest.MonkeyPatch, window_kind):
     monkeypatch.setattr(py1e_stream, "_MIN_STEP", 1)
     monkeypatch.setattr(py1e_stream, "_RETAIN", 2)
+    _tiny_bands(monkeypatch)
     sizes = np.random.default_rng(3).integers(0, 400, 60)
     perm = get_shuffle("py1e", sizes, 1, 11, 4, 250)
     replay = replay_py1e(fixed_pieces(sizes, 1, 11), 11, 4, 250)
-    window = Py1eNodeWindow(replay, 0)
+    window = window_kind(replay, 0)
     rng = np.random.default_rng(0)
     for _ in range(300):
         lo = int(rng.integers(0, perm.size))
@@ -167,18 +191,19 @@ def test_window_answers_any_range_in_any_order(monkeypatch: pytest.MonkeyPatch):
         window.take(0, perm.size + 1)
 
 
-def test_window_memory_stays_bounded():
+def test_window_memory_stays_bounded(window_kind):
     """Walking a node of 3M samples holds about 3 reaches of samples, never the node."""
     sizes = np.full(300, 10_000, np.int64)
     replay = replay_py1e(fixed_pieces(sizes, 1, 5), 5, 0, 40_000)
-    window = Py1eNodeWindow(replay, 0)
+    window = window_kind(replay, 0)
     perm_head = get_shuffle("py1e", sizes, 1, 5, 0, 40_000)
     held = 0
     for lo in range(0, window.size, 100_000):
         hi = min(lo + 100_000, window.size)
         got = window.take(lo, hi)
         np.testing.assert_array_equal(got, perm_head[lo:hi])
-        held = max(held, window._pend_ids.size + window._out.size)
+        pending = getattr(window, "_pend_ids", np.empty(0))  # bands hold no pending samples
+        held = max(held, pending.size + window._out.size)
     assert held < 4 * window.reach + 300_000, (held, window.reach)
 
 

@@ -145,6 +145,53 @@ static void skip_shuffle(stream_t *s, uint64_t n) {
     }
 }
 
+/* numpy's Generator.shuffle of ``data[0:n]`` (Fisher-Yates from the end, masked draws). The
+ * draws do not depend on the items, so a span's shuffle is done on its 32-bit local indices: half
+ * the memory of its int64 ids, which keeps the random swaps in cache. */
+static void shuffle_span(stream_t *s, uint32_t *data, uint64_t n) {
+    if (n < 2) return;
+    uint32_t i = (uint32_t)(n - 1);
+    while (i >= 1) {
+        uint32_t mask = 0xFFFFFFFFu >> __builtin_clz(i);
+        uint32_t floor = mask >> 1;
+        while (i > floor) {
+            if (s->pos == s->count) refill(s);
+            uint32_t value = s->half[s->pos++] & mask;
+            if (value <= i) {
+                uint32_t held = data[i];
+                data[i] = data[value];
+                data[value] = held;
+                i--;
+            }
+        }
+    }
+}
+
+/* ``count`` consecutive 64-bit words of the generator at ``*state`` into ``out``; ``*state``
+ * ends after the last. Four interleaved lanes, as in refill. */
+static void fill_words(const stream_t *s, u128 *state, uint64_t *out, int count) {
+    int k = 0;
+    if (count >= 4) {
+        u128 l0 = *state * MULT + s->inc;
+        u128 l1 = l0 * MULT + s->inc;
+        u128 l2 = l1 * MULT + s->inc;
+        u128 l3 = l2 * MULT + s->inc;
+        for (; k + 4 <= count; k += 4) {
+            out[k] = output(l0); out[k + 1] = output(l1);
+            out[k + 2] = output(l2); out[k + 3] = output(l3);
+            *state = l3;
+            l0 = l0 * s->lane_mult + s->lane_add;
+            l1 = l1 * s->lane_mult + s->lane_add;
+            l2 = l2 * s->lane_mult + s->lane_add;
+            l3 = l3 * s->lane_mult + s->lane_add;
+        }
+    }
+    for (; k < count; k++) {
+        *state = *state * MULT + s->inc;
+        out[k] = output(*state);
+    }
+}
+
 static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize,
                        const char *name) {
     if (PyObject_GetBuffer(obj, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0)
@@ -156,6 +203,18 @@ static int take_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t 
         return -1;
     }
     return 0;
+}
+
+static u128 to_u128(PyObject *value) {
+    /* 128-bit ints cross as two 64-bit halves; on error PyErr is set and 0 returned. */
+    PyObject *shift = PyLong_FromLong(64);
+    PyObject *upper = shift ? PyNumber_Rshift(value, shift) : NULL;
+    Py_XDECREF(shift);
+    if (!upper) return 0;
+    unsigned long long hi = PyLong_AsUnsignedLongLong(upper);
+    Py_DECREF(upper);
+    unsigned long long lo = PyLong_AsUnsignedLongLongMask(value);
+    return ((u128)hi << 64) | lo;
 }
 
 PyDoc_STRVAR(skip_shuffles_doc,
@@ -174,20 +233,8 @@ static PyObject *skip_shuffles(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOpkOOOOO", &state_obj, &inc_obj, &has_half, &half, &sizes_obj,
                           &high_obj, &low_obj, &has_obj, &halves_obj))
         return NULL;
-    u128 words[2];
-    PyObject *ints[2] = {state_obj, inc_obj};
-    for (int k = 0; k < 2; k++) {
-        /* 128-bit ints cross as two 64-bit halves. */
-        PyObject *shift = PyLong_FromLong(64);
-        PyObject *upper = shift ? PyNumber_Rshift(ints[k], shift) : NULL;
-        Py_XDECREF(shift);
-        if (!upper) return NULL;
-        unsigned long long hi = PyLong_AsUnsignedLongLong(upper);
-        Py_DECREF(upper);
-        unsigned long long lo = PyLong_AsUnsignedLongLongMask(ints[k]);
-        if (PyErr_Occurred()) return NULL;
-        words[k] = ((u128)hi << 64) | lo;
-    }
+    u128 words[2] = {to_u128(state_obj), to_u128(inc_obj)};
+    if (PyErr_Occurred()) return NULL;
     Py_buffer sizes, high, low, has, halves;
     if (take_buffer(sizes_obj, &sizes, 0, 8, "sizes") < 0) return NULL;
     Py_buffer *outs[4] = {&high, &low, &has, &halves};
@@ -255,8 +302,132 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(collect_band_doc,
+"collect_band(inc, shuffle_high, shuffle_low, shuffle_has, shuffle_half, shift_high, shift_low,\n"
+"             begins, sizes, slots, lower, upper, a, b, out_ids, out_pos)\n"
+"    -> (count, below)\n"
+"\n"
+"The samples of a run of py1e spans whose position lies in [a, b), in span order then offset\n"
+"order, regenerated from the replay's snapshots exactly as numpy would: span j's ids are\n"
+"rng.shuffle(begins[j] + arange(sizes[j])) from its shuffle snapshot, its positions\n"
+"(float(o) + float(slots[j])) + rng.uniform(lower[j], upper[j], sizes[j]) from its shift snapshot\n"
+"(no uniforms when both bounds are 0). Writes count ids and positions to out_ids/out_pos and\n"
+"returns (count, how many positions of these spans lie below a). The outputs must be able to\n"
+"hold every sample of the spans.");
+
+static PyObject *collect_band(PyObject *self, PyObject *args) {
+    PyObject *inc_obj, *objs[13];
+    double a, b;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOOOddOO", &inc_obj, &objs[0], &objs[1], &objs[2],
+                          &objs[3], &objs[4], &objs[5], &objs[6], &objs[7], &objs[8], &objs[9],
+                          &objs[10], &a, &b, &objs[11], &objs[12]))
+        return NULL;
+    u128 inc = to_u128(inc_obj);
+    if (PyErr_Occurred()) return NULL;
+    static const char *names[13] = {"shuffle_high", "shuffle_low", "shuffle_has", "shuffle_half",
+                                    "shift_high", "shift_low", "begins", "sizes", "slots",
+                                    "lower", "upper", "out_ids", "out_pos"};
+    static const Py_ssize_t itemsizes[13] = {8, 8, 1, 4, 8, 8, 8, 8, 8, 8, 8, 8, 8};
+    Py_buffer views[13];
+    int taken = 0;
+    PyObject *result = NULL;
+    stream_t *s = NULL;
+    uint32_t *offsets = NULL, *scratch = NULL;
+    double *kept = NULL;
+    for (; taken < 13; taken++)
+        if (take_buffer(objs[taken], &views[taken], taken >= 11, itemsizes[taken],
+                        names[taken]) < 0)
+            goto done;
+    Py_ssize_t spans = views[7].len / 8;
+    for (int k = 0; k < 11; k++)
+        if (views[k].len / itemsizes[k] != spans) {
+            PyErr_Format(PyExc_ValueError, "%s holds %zd items, sizes %zd", names[k],
+                         views[k].len / itemsizes[k], spans);
+            goto done;
+        }
+    const int64_t *sizes = views[7].buf;
+    int64_t widest = 0, total = 0;
+    for (Py_ssize_t j = 0; j < spans; j++) {
+        if (sizes[j] < 0 || (uint64_t)sizes[j] > 0x100000000ULL) {
+            PyErr_Format(PyExc_ValueError, "span %zd has %lld items: outside [0, 2**32]", j,
+                         (long long)sizes[j]);
+            goto done;
+        }
+        if (sizes[j] > widest) widest = sizes[j];
+        total += sizes[j];
+    }
+    if (views[11].len / 8 < total || views[12].len / 8 < total) {
+        PyErr_SetString(PyExc_ValueError, "out_ids and out_pos must hold every sample of the spans");
+        goto done;
+    }
+    s = PyMem_Malloc(sizeof(stream_t));
+    offsets = PyMem_Malloc((size_t)(widest ? widest : 1) * sizeof(uint32_t));
+    kept = PyMem_Malloc((size_t)(widest ? widest : 1) * sizeof(double));
+    scratch = PyMem_Malloc((size_t)(widest ? widest : 1) * sizeof(uint32_t));
+    if (!s || !offsets || !kept || !scratch) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint64_t *sh_high = views[0].buf, *sh_low = views[1].buf;
+    const uint8_t *sh_has = views[2].buf;
+    const uint32_t *sh_half = views[3].buf;
+    const uint64_t *sf_high = views[4].buf, *sf_low = views[5].buf;
+    const int64_t *begins = views[6].buf, *slots = views[8].buf;
+    const double *lower = views[9].buf, *upper = views[10].buf;
+    int64_t *out_ids = views[11].buf;
+    double *out_pos = views[12].buf;
+    int64_t count = 0, below = 0;
+    Py_BEGIN_ALLOW_THREADS
+    uint64_t words[WORDS];
+    stream_init(s, 0, inc, 0, 0);
+    for (Py_ssize_t j = 0; j < spans; j++) {
+        int64_t n = sizes[j];
+        if (n == 0) continue;
+        const double base = (double)slots[j], low = lower[j], high = upper[j];
+        const double range = high - low;
+        const int moved = !(low == 0.0 && high == 0.0);
+        u128 state = ((u128)sf_high[j] << 64) | sf_low[j];
+        int64_t in_band = 0;
+        for (int64_t done = 0; done < n;) {
+            int step = n - done < WORDS ? (int)(n - done) : WORDS;
+            if (moved) fill_words(s, &state, words, step);
+            for (int k = 0; k < step; k++) {
+                double position = (double)(done + k) + base;
+                /* numpy's next_double; the signed conversion is the fast one (53 bits fit). */
+                if (moved) position += low + range * ((double)(int64_t)(words[k] >> 11) * 0x1.0p-53);
+                /* Branch-free count: about half the positions of a straddling span are below. */
+                below += position < a;
+                if (position >= a && position < b) {
+                    offsets[in_band] = (uint32_t)(done + k);
+                    kept[in_band++] = position;
+                }
+            }
+            done += step;
+        }
+        if (!in_band) continue;
+        for (int64_t k = 0; k < n; k++) scratch[k] = (uint32_t)k;
+        stream_init(s, ((u128)sh_high[j] << 64) | sh_low[j], inc, sh_has[j], sh_half[j]);
+        shuffle_span(s, scratch, (uint64_t)n);
+        for (int64_t k = 0; k < in_band; k++) {
+            out_ids[count + k] = begins[j] + (int64_t)scratch[offsets[k]];
+            out_pos[count + k] = kept[k];
+        }
+        count += in_band;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(LL)", (long long)count, (long long)below);
+done:
+    PyMem_Free(s);
+    PyMem_Free(offsets);
+    PyMem_Free(kept);
+    PyMem_Free(scratch);
+    for (int k = 0; k < taken; k++) PyBuffer_Release(&views[k]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"skip_shuffles", skip_shuffles, METH_VARARGS, skip_shuffles_doc},
+    {"collect_band", collect_band, METH_VARARGS, collect_band_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -34,6 +34,7 @@ from mdsloader.ordering.epoch import (
 from mdsloader.ordering.orig import orig_worker_range, orig_worker_valid
 from mdsloader.ordering.partition import Partition, resolve_partition, validate_worker
 from mdsloader.ordering.py1e import warn_clipped
+from mdsloader.ordering.py1e_band import Py1eBandWindow, node_window
 from mdsloader.ordering.py1e_stream import Py1eNodeWindow, Py1eReplay, replay_py1e
 from mdsloader.ordering.sampling import Resampled, StreamSpec, resample
 from mdsloader.ordering.shuffle import fixed_pieces, validate_shuffle_args
@@ -247,12 +248,13 @@ def _shuffle_lookup(resampled: Resampled, settings: OrderSettings, epoch: int,
 
 
 class _Py1eLookup:
-    """Epoch positions -> big ids through one :class:`Py1eNodeWindow` per canonical node."""
+    """Epoch positions -> big ids through one node window (:func:`node_window`) per canonical
+    node."""
 
     def __init__(self, replay: Py1eReplay) -> None:
         self._replay = replay
         self._bounds = replay.node_bounds
-        self._windows: dict[int, Py1eNodeWindow] = {}
+        self._windows: dict[int, Py1eBandWindow | Py1eNodeWindow] = {}
 
     def __call__(self, positions: np.ndarray) -> np.ndarray:
         out = np.empty(positions.size, np.int64)
@@ -270,7 +272,7 @@ class _Py1eLookup:
               out: np.ndarray) -> None:
         window = self._windows.get(node)
         if window is None:
-            window = self._windows[node] = Py1eNodeWindow(self._replay, node)
+            window = self._windows[node] = node_window(self._replay, node)
         local = positions[where] - int(self._bounds[node])
         lo, hi = int(local.min()), int(local.max()) + 1
         out[where] = window.take(lo, hi)[local - lo]
