@@ -17,6 +17,7 @@ build their permutation once per epoch and are then read chunk by chunk.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -116,6 +117,7 @@ class PlanChunks:
         self._thread.start()
 
     def _run(self, plan: WorkerPlan) -> None:
+        _lower_thread_priority()
         try:
             for begin, end in plan.chunk_bounds():
                 ids = plan.ids(begin, end)
@@ -154,6 +156,27 @@ class PlanChunks:
 
     def __del__(self) -> None:
         self._stop.set()
+
+
+# Niceness added to the plan thread: planning ahead should use spare CPU, not the consumer's.
+PLAN_THREAD_NICENESS = 5
+
+
+def _lower_thread_priority() -> None:
+    """Make the calling thread yield the CPU to its process's other threads (Linux).
+
+    The plan thread runs ahead of the consumer; on a small machine its next chunks would
+    otherwise take CPU from the batches being read now (the first batch in particular). When the
+    consumer waits for a chunk it is not runnable, and the plan thread gets the CPU anyway.
+    """
+    if not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread,
+                       os.getpriority(os.PRIO_PROCESS, thread) + PLAN_THREAD_NICENESS)
+    except OSError:  # not permitted here: the thread keeps its priority
+        pass
 
 
 def plan_worker(
