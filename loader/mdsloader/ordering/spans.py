@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mdsloader.ordering.arrays import segment_starts
+from mdsloader.ordering.arrays import segment_starts, sorted_unique
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +73,7 @@ def cut_pieces(begins: np.ndarray, sizes: np.ndarray, num_parts: int) -> Pieces:
     total = int(sizes.sum())
     sample_bounds = np.array([total * c // num_parts for c in range(num_parts + 1)], np.int64)
     # Boundaries strictly inside a span cut it; equal boundaries (empty parts) cut only once.
-    cuts = np.unique(sample_bounds[1:-1])
+    cuts = sorted_unique(sample_bounds[1:-1])
     first_cut = np.searchsorted(cuts, starts, "right")
     num_cuts = np.maximum(np.searchsorted(cuts, ends, "left") - first_cut, 0)
     per_span = num_cuts + 1

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mdsloader.ordering.arrays import segment_starts
+from mdsloader.ordering.arrays import present_values, segment_starts
 from mdsloader.ordering.epoch import (
     OrderSettings,
     Topology,
@@ -287,7 +287,7 @@ class _Py1eLookup:
             self._fill(0, positions, slice(None), out)
             return out
         node = np.searchsorted(self._bounds, positions, "right") - 1
-        for c in np.unique(node).tolist():
+        for c in present_values(node, len(self._bounds) - 1).tolist():
             self._fill(c, positions, node == c, out)
         return out
 
