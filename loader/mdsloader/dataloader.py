@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from mdsloader.collate import fast_collate
 from mdsloader.dataset import StreamingDataset
-from mdsloader.transfer import PackingCollate, collate_for_transfer, unpack
+from mdsloader.transfer import PackingCollate, collate_for_transfer, unpack, widen_result_pipe
 
 # Binds DataLoader's arguments by name, so a collate_fn passed positionally is seen as passed.
 _DATALOADER_SIGNATURE = inspect.signature(DataLoader.__init__)
@@ -73,19 +73,23 @@ class StreamingDataLoader(DataLoader):  # type: ignore[type-arg]
         self.num_samples_yielded = 0
 
     def _get_iterator(self) -> Any:
-        """torch's iterator; its workers get a user's collate_fn wrapped by ``PackingCollate``.
+        """torch's iterator; its workers get a user's collate_fn wrapped by ``PackingCollate``,
+        and their result pipe room for whole batches (``widen_result_pipe``).
 
         The multiprocessing iterator reads ``collate_fn`` once, when it starts its workers, so
         the wrapper is set only for that moment and ``self.collate_fn`` stays the user's.
         """
         fn = self.collate_fn
         if self.num_workers == 0 or not self._pack_user_batches or type(fn) is PackingCollate:
-            return super()._get_iterator()
-        self.collate_fn = PackingCollate(fn)
-        try:
-            return super()._get_iterator()
-        finally:
-            self.collate_fn = fn
+            iterator = super()._get_iterator()
+        else:
+            self.collate_fn = PackingCollate(fn)
+            try:
+                iterator = super()._get_iterator()
+            finally:
+                self.collate_fn = fn
+        widen_result_pipe(iterator)
+        return iterator
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate one epoch, counting the samples handed to the training loop."""

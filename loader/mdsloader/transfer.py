@@ -49,6 +49,12 @@ from mdsloader.collate import collate_sharing, fast_collate
 # by value dearer (3892 vs 2540 at 768 KiB, 3712-4546 vs 2288-3612 at 1 MiB), 4 MiB 18311 vs 7306.
 BY_VALUE_MAX_BYTES = 512 << 10
 
+# Capacity asked for the pipe that carries the workers' batches (the kernel's default is 64 KiB;
+# 1 MiB is the default ceiling for unprivileged processes, /proc/sys/fs/pipe-max-size).
+RESULT_PIPE_BYTES = 1 << 20
+# fcntl's F_SETPIPE_SZ (Linux; the fcntl module names it from Python 3.10 on).
+_F_SETPIPE_SZ = 1031
+
 # The first value's types that make a list or tuple a str/bytes column, which _pack skips.
 _TEXT = (str, bytes)
 
@@ -124,6 +130,36 @@ def collate_for_transfer(batch: Any) -> Any:
     collated = collate_sharing(batch, BY_VALUE_MAX_BYTES + 1)
     root, changed = _pack(collated)
     return PackedBatch(root) if changed else collated
+
+
+def widen_result_pipe(iterator: Any) -> None:
+    """Give the pipe from a DataLoader iterator's workers room for whole batches (Linux).
+
+    Batches reach the main process through a pipe of 64 KiB by default, so a 250 KiB batch (the
+    bench's 256 samples of about 1 KiB) crosses in four rounds, each a write that fills the pipe,
+    a wake-up and a read that drains it. With 1 MiB, the worker writes a batch at once and the
+    main process reads it in one call: with a user collate_fn returning the samples, 2 workers
+    went from 188,000 to 250,000-268,000 samples/s and from 7.2 to 6.1 us of CPU per sample.
+    Where the pipe cannot grow (not Linux, no such iterator, a per-user pipe quota) nothing
+    changes.
+    """
+    queue = getattr(iterator, "_worker_result_queue", None)
+    reader = getattr(queue, "_reader", None)
+    if reader is None:
+        return
+    try:
+        import fcntl
+
+        descriptor = reader.fileno()
+        size = RESULT_PIPE_BYTES
+        while size > 1 << 16:
+            try:
+                fcntl.fcntl(descriptor, _F_SETPIPE_SZ, size)
+                return
+            except PermissionError:  # above this user's limit: try a smaller one
+                size //= 2
+    except (ImportError, OSError, ValueError):
+        return
 
 
 def unpack(batch: Any) -> Any:

@@ -20,6 +20,7 @@ from mdsloader.collate import fast_collate
 from mdsloader.dataloader import StreamingDataLoader
 from mdsloader.dataset import StreamingDataset
 from mdsloader.transfer import BY_VALUE_MAX_BYTES, PackedBatch, collate_for_transfer, unpack
+from tests.conftest import require
 from tests.dataset.collate_cases import ARRAY_SHAPES, SCALAR_TYPES
 
 BATCH = 16
@@ -226,6 +227,26 @@ def test_workers_yield_default_collate_batches(local):
         # The last batch holds 4 samples, so its "big" column is under the threshold.
         assert shared == {key: key == "big" and len(g["id"]) == BATCH for key in shared}
     assert loader.num_samples_yielded == SAMPLES
+
+
+def _pipe_capacity(iterator) -> int:
+    import fcntl
+
+    return fcntl.fcntl(iterator._worker_result_queue._reader.fileno(), 1032)  # F_GETPIPE_SZ
+
+
+@pytest.mark.parametrize("user_collate", [False, True])
+def test_workers_result_pipe_holds_whole_batches(local, user_collate):
+    """The workers' result pipe is widened to 1 MiB (this machine's pipe-max-size allows it)."""
+    with open("/proc/sys/fs/pipe-max-size") as limit:
+        require(int(limit.read()) >= transfer.RESULT_PIPE_BYTES, "pipe-max-size below 1 MiB")
+    kwargs = {"collate_fn": list} if user_collate else {}
+    loader = StreamingDataLoader(_dataset(local), batch_size=BATCH, num_workers=2, **kwargs)
+    iterator = loader._get_iterator()  # torch's iterator, its workers started
+    try:
+        assert _pipe_capacity(iterator) == transfer.RESULT_PIPE_BYTES
+    finally:
+        iterator._shutdown_workers()
 
 
 def test_pin_memory_and_explicit_collate_keep_shared_batches(local):
