@@ -42,6 +42,13 @@ from torch.utils.data import get_worker_info
 
 from mdsloader.collate import collate_sharing, fast_collate
 
+try:  # the loader's C helper; the same answers in pure Python below when it is not built
+    from mdsloader._batch_columns import all_distinct as _c_all_distinct
+    from mdsloader._batch_columns import columns_of as _c_columns_of
+    from mdsloader._batch_columns import dicts_of as _c_dicts_of
+except ImportError:
+    _c_all_distinct = _c_columns_of = _c_dicts_of = None
+
 # Tensors up to this size go by value, bigger ones through shared memory. Measured with one
 # tensor per message through a forked worker's torch.multiprocessing queue, the main process
 # reading every byte (torch 2.13, 2-core x86 VM), CPU of both sides per tensor: 64 KiB 86 us by
@@ -284,10 +291,17 @@ class _Samples:
                 values.append(list(payload))  # iterating a 1-D array yields its numpy scalars
             elif kind == _ARRAYS:
                 # Unpickled arrays own their memory: copy each row out of the stacked array.
-                values.append([row.copy() for row in payload])
+                values.append(list(map(np.ndarray.copy, payload)))
             else:
                 values.append(payload)
-        return list(map(_dict_maker(len(self.keys))(*self.keys), *values))
+        return dicts_of(self.keys, values)
+
+
+def dicts_of(keys: list[Any], columns: list[Sequence[Any]]) -> list[dict[Any, Any]]:
+    """Dict ``i`` maps ``keys[k]`` to ``columns[k][i]``, keys inserted in order."""
+    if _c_dicts_of is not None:
+        return _c_dicts_of(keys, columns)
+    return list(map(_dict_maker(len(keys))(*keys), *columns))
 
 
 @functools.lru_cache(maxsize=64)
@@ -304,6 +318,41 @@ def _dict_maker(size: int) -> Callable[..., Callable[..., dict[Any, Any]]]:
     env: dict[str, Any] = {}
     exec(compile(source, f"<mdsloader dict of {size}>", "exec"), env)
     return env["make"]
+
+
+def columns_of(batch: Any) -> tuple[list[Any], list[tuple[Any, ...]], list[type | None]] | None:
+    """A list of same-keyed dicts as ``(keys, columns, kinds)``, else None.
+
+    For a ``list`` of at least two plain ``dict`` objects, none of them twice, holding the same
+    key objects (by identity) in the same order, at least one: the keys, one tuple of values
+    per key, and per column the values' type when they all have one exact type (None if not).
+    """
+    if _c_columns_of is not None:
+        return _c_columns_of(batch)
+    if type(batch) is not list or len(batch) < 2 or set(map(type, batch)) != {dict}:
+        return None
+    keys = list(batch[0])
+    if not keys or set(map(len, batch)) != {len(keys)}:
+        return None
+    # Equal keys of other types (1 and True, a str subclass) would otherwise come back as the
+    # first sample's.
+    if not all(map(is_, chain.from_iterable(batch), cycle(keys))):
+        return None
+    if not all_distinct(batch):
+        return None
+    columns = list(zip(*map(dict.values, batch), strict=True))
+    kinds: list[type | None] = []
+    for column in columns:
+        types = set(map(type, column))
+        kinds.append(types.pop() if len(types) == 1 else None)
+    return keys, columns, kinds
+
+
+def all_distinct(*groups: Sequence[Any]) -> bool:
+    """Whether no object appears twice (by identity) across the lists or tuples ``groups``."""
+    if _c_all_distinct is not None:
+        return _c_all_distinct(*groups)
+    return len(set(map(id, chain.from_iterable(groups)))) == sum(map(len, groups))
 
 
 class PackingCollate:
@@ -336,37 +385,25 @@ def pack_samples(batch: Any) -> Any:
     scalar or array may appear twice (the plain pickle would keep such sharing, columns do
     not). Everything else, including any surprise in a single sample, goes as it is.
     """
-    if type(batch) is not list or len(batch) < 2 or set(map(type, batch)) != {dict}:
+    scanned = columns_of(batch)
+    if scanned is None:
         return batch
-    keys = list(batch[0])
-    if not keys:
-        return batch
-    # The same key objects in the same order, by identity: equal keys of other types (1 and
-    # True, a str subclass) would otherwise come back as the first sample's.
-    if set(map(len, batch)) != {len(keys)} or not all(
-        map(is_, chain.from_iterable(batch), cycle(keys))
-    ):
-        return batch
-    seen = set(map(id, batch))  # objects that must each be there once (see the docstring)
-    count = len(batch)
+    keys, values, kinds = scanned
+    shared = []  # the packed columns' values, which must each be there once (see the docstring)
     columns = []
-    # Every dict's values are in the order of ``keys``.
-    for column in zip(*map(dict.values, batch), strict=True):
-        kinds = set(map(type, column))
-        if kinds <= _ATOMIC:
+    for column, kind in zip(values, kinds, strict=True):
+        if kind in _ATOMIC or (kind is None and set(map(type, column)) <= _ATOMIC):
             columns.append((_RAW, column))
             continue
-        if len(kinds) != 1:
+        if kind is None:
             return batch
-        kind = kinds.pop()
         packed = _stack(column) if kind is np.ndarray else _scalars(column, kind)
         if packed is None:
             return batch
         columns.append((_ARRAYS if kind is np.ndarray else _SCALARS, packed))
         if kind is not np.bool_ or not _BOOLS_ARE_SINGLETONS:
-            seen.update(map(id, column))
-            count += len(column)
-    if len(seen) != count:
+            shared.append(column)
+    if shared and not all_distinct(*shared):
         return batch
     return PackedBatch(_Samples(keys, columns))
 

@@ -23,6 +23,7 @@ from mdsloader import transfer
 from mdsloader.dataloader import StreamingDataLoader
 from mdsloader.dataset import StreamingDataset
 from mdsloader.transfer import PackedBatch, PackingCollate, pack_samples, unpack
+from tests.conftest import require
 from tests.dataset.collate_cases import ARRAY_SHAPES, SCALAR_TYPES
 
 BATCH = 8
@@ -43,6 +44,18 @@ def _mds_sample(i: int) -> dict[str, Any]:
         "img": rng.integers(0, 255, (2, 3), dtype=np.uint8), "n": i * 10**12,
         "json": {"i": i},
     }  # fmt: skip
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test with the C helpers of transfer.py, then with its pure-Python fallbacks."""
+    if request.param == "compiled":
+        require(transfer._c_columns_of is not None,
+                "the loader was installed without its C extensions")
+    else:
+        for name in ("_c_columns_of", "_c_all_distinct", "_c_dicts_of"):
+            monkeypatch.setattr(transfer, name, None)
+    return request.param
 
 
 def identity(batch: list[Any]) -> list[Any]:
@@ -383,3 +396,4 @@ def test_the_default_collate_and_no_workers_are_unchanged(local):
     single = StreamingDataLoader(_dataset(local), BATCH, num_workers=0, collate_fn=_without_json)
     got = list(single)
     assert type(got[0]) is list and got[0][0]["vec"].flags.writeable is False  # not sent
+
