@@ -3,8 +3,9 @@
 ``mdsloader.ordering._shuffle_draws`` replays numpy's shuffle draws about five times faster than
 numpy can (see its source); it is what lets a 10^9-sample epoch start in seconds.
 ``mdsloader._batch_columns`` does the per-object work of sending a user's list of sample dicts
-from DataLoader workers as columns. Both are optional: where no C compiler is available the build
-goes on without them and the loader does the same work in Python.
+from DataLoader workers as columns. ``mdsloader._gather`` copies a shuffled block of samples out
+of the shards' mmaps with its memory misses overlapped. All are optional: where no C compiler is
+available the build goes on without them and the loader does the same work in Python.
 """
 
 from setuptools import Extension, setup
@@ -21,6 +22,12 @@ setup(
         Extension(
             "mdsloader._batch_columns",
             ["mdsloader/_batch_columns.c"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        ),
+        Extension(
+            "mdsloader._gather",
+            ["mdsloader/_gather.c"],
             extra_compile_args=["-O3"],
             optional=True,
         ),

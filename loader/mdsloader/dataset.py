@@ -26,6 +26,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from mdsloader.cache import ShardCache, parse_bytes
 from mdsloader.catalog import Catalog, load_catalog
 from mdsloader.download import Lookahead, Prefetcher, SamplePlan, plan_samples
+from mdsloader.gathered import GatheredSamples, gather_available
 from mdsloader.options import validate_order_options
 from mdsloader.order import EpochPlanner
 from mdsloader.ordering.streamed import WorkerPlan
@@ -510,7 +512,11 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         segments = self._segments(plan)
         try:
             for decode, data, begins, ends in segments:
-                if type(data) is not list:  # one shard
+                if type(data) is GatheredSamples:  # several shards, copied out block by block
+                    for joined, offsets in data.blocks():
+                        for begin, end in pairwise(offsets):
+                            yield decode(joined[begin:end])
+                elif type(data) is not list:  # one shard
                     for begin, end in zip(begins, ends):
                         yield decode(data[begin:end])
                 elif type(decode) is not list:  # several shards of one layout
@@ -597,9 +603,13 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
         group_of = np.zeros(count, np.intp)  # index into readers of each position
         group_of[cuts] = 1
         group_of[order] = np.cumsum(group_of)
-        data = _objects([reader.data for reader in readers])[group_of].tolist()
         decode: Any = readers[0].decode
-        if any(reader.decode is not decode for reader in readers):
+        uniform = all(reader.decode is decode for reader in readers)
+        if uniform and gather_available():
+            buffers = [reader.data for reader in readers]
+            return _Segment(decode, GatheredSamples(buffers, group_of, begins, ends), [], [])
+        data = _objects([reader.data for reader in readers])[group_of].tolist()
+        if not uniform:
             decode = _objects([reader.decode for reader in readers])[group_of].tolist()
         return _Segment(decode, data, _ints(begins), _ints(ends))
 
@@ -628,9 +638,12 @@ class StreamingDataset(IterableDataset):  # type: ignore[type-arg]
 class _Segment(NamedTuple):
     """Consecutive samples of a worker's sequence, ready to decode as ``decode(data[b:e])``.
 
-    ``data`` is one shard's mmap, or a list of them (one per sample) when the segment spans
-    several shards; ``decode`` is a list too (one per sample) when their layouts differ. The
-    segment holds its mmaps, so a reader closed meanwhile (LRU) does not unmap them under it.
+    ``data`` is one shard's mmap, or, when the segment spans several shards, a
+    :class:`~mdsloader.gathered.GatheredSamples` of their mmaps (its own byte ranges; ``begins``
+    and ``ends`` are then empty), or without the compiled copy or with layouts that differ, a
+    list of mmaps (one per sample); ``decode`` is a list too (one per sample) when the layouts
+    differ. The segment holds its mmaps, so a reader closed meanwhile (LRU) does not unmap them
+    under it.
     """
 
     decode: Any
