@@ -22,7 +22,12 @@ import math
 import numpy as np
 
 from mdsloader.ordering.arrays import segment_starts
-from mdsloader.ordering.py1e_stream import Py1eNodeWindow, Py1eReplay, _sorted_by_position
+from mdsloader.ordering.py1e_stream import (
+    Py1eNodeWindow,
+    Py1eReplay,
+    _sorted_by_position,
+    release_before,
+)
 
 try:
     from mdsloader.ordering._shuffle_draws import collect_band
@@ -99,10 +104,7 @@ class Py1eBandWindow:
             self._restart(lo, hi)
         while self._out_lo + self._out.size < hi:
             self._next_band(hi)
-        keep = max(lo - _RETAIN, self._out_lo)
-        if keep - self._out_lo > self._out.size // 2:
-            self._out = self._out[keep - self._out_lo:].copy()
-            self._out_lo = keep
+        self._out, self._out_lo = release_before(self._out, self._out_lo, lo - _RETAIN)
         return self._out[lo - self._out_lo:hi - self._out_lo]
 
     # ---- internals ------------------------------------------------------------------------

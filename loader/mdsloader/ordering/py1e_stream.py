@@ -169,10 +169,7 @@ class Py1eNodeWindow:
             self._restart(lo)
         while self._out_hi < hi:
             self._advance(hi)
-        keep = max(lo - _RETAIN, self._out_lo)
-        if keep - self._out_lo > self._out.size // 2:
-            self._out = self._out[keep - self._out_lo:].copy()
-            self._out_lo = keep
+        self._out, self._out_lo = release_before(self._out, self._out_lo, lo - _RETAIN)
         return self._out[lo - self._out_lo:hi - self._out_lo]
 
     # ---- internals ------------------------------------------------------------------------
@@ -359,6 +356,17 @@ _CLOSE = 1 << 12
 # Ranks kept behind the last request: consumers step back a little near a node's end (padding
 # repeats earlier columns); further back restarts the window.
 _RETAIN = 1 << 12
+
+
+def release_before(out: np.ndarray, out_lo: int, keep: int) -> tuple[np.ndarray, int]:
+    """``out`` (ranks from ``out_lo``) without the ranks before ``keep``, once they are half of it.
+
+    Copying only then keeps the cost per rank constant while memory stays bounded.
+    """
+    keep = max(keep, out_lo)
+    if keep - out_lo > out.size // 2:
+        return out[keep - out_lo:].copy(), keep
+    return out, out_lo
 
 
 def _sorted_by_position(ids: np.ndarray, positions: np.ndarray, base: int) -> np.ndarray:
