@@ -59,8 +59,6 @@ BY_VALUE_MAX_BYTES = 512 << 10
 # Capacity asked for the pipe that carries the workers' batches (the kernel's default is 64 KiB;
 # 1 MiB is the default ceiling for unprivileged processes, /proc/sys/fs/pipe-max-size).
 RESULT_PIPE_BYTES = 1 << 20
-# fcntl's F_SETPIPE_SZ (Linux; the fcntl module names it from Python 3.10 on).
-_F_SETPIPE_SZ = 1031
 
 # The first value's types that make a list or tuple a str/bytes column, which _pack skips.
 _TEXT = (str, bytes)
@@ -157,15 +155,16 @@ def widen_result_pipe(iterator: Any) -> None:
     try:
         import fcntl
 
+        set_size = fcntl.F_SETPIPE_SZ  # Linux only
         descriptor = reader.fileno()
         size = RESULT_PIPE_BYTES
         while size > 1 << 16:
             try:
-                fcntl.fcntl(descriptor, _F_SETPIPE_SZ, size)
+                fcntl.fcntl(descriptor, set_size, size)
                 return
             except PermissionError:  # above this user's limit: try a smaller one
                 size //= 2
-    except (ImportError, OSError, ValueError):
+    except (ImportError, AttributeError, OSError, ValueError):
         return
 
 

@@ -104,3 +104,11 @@ def in_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.utils.data._utils.worker as torch_worker
 
     monkeypatch.setattr(torch_worker, "_worker_info", object())
+
+
+def python_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make mdsloader.transfer use its pure-Python fallbacks instead of mdsloader._batch_columns."""
+    from mdsloader import transfer
+
+    for name in ("_c_columns_of", "_c_all_distinct", "_c_dicts_of"):
+        monkeypatch.setattr(transfer, name, None)

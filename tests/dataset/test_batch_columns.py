@@ -10,6 +10,7 @@ import pytest
 
 from mdsloader import transfer
 from tests.conftest import require
+from tests.dataset.conftest import python_columns
 
 
 def _variants() -> list[Any]:
@@ -41,8 +42,7 @@ def test_columns_of_and_all_distinct_agree_with_python(index, monkeypatch):
     batch = _variants()[index]
     compiled = transfer.columns_of(batch)
     distinct = transfer.all_distinct(batch, *(compiled[1] if compiled else ()))
-    for name in ("_c_columns_of", "_c_all_distinct", "_c_dicts_of"):
-        monkeypatch.setattr(transfer, name, None)
+    python_columns(monkeypatch)
     python = transfer.columns_of(batch)
     assert compiled == python
     assert distinct == transfer.all_distinct(batch, *(python[1] if python else ()))

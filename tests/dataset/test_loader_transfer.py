@@ -232,7 +232,7 @@ def test_workers_yield_default_collate_batches(local):
 def _pipe_capacity(iterator) -> int:
     import fcntl
 
-    return fcntl.fcntl(iterator._worker_result_queue._reader.fileno(), 1032)  # F_GETPIPE_SZ
+    return fcntl.fcntl(iterator._worker_result_queue._reader.fileno(), fcntl.F_GETPIPE_SZ)
 
 
 @pytest.mark.parametrize("user_collate", [False, True])

@@ -25,6 +25,7 @@ from mdsloader.dataset import StreamingDataset
 from mdsloader.transfer import PackedBatch, PackingCollate, pack_samples, unpack
 from tests.conftest import require
 from tests.dataset.collate_cases import ARRAY_SHAPES, SCALAR_TYPES
+from tests.dataset.conftest import python_columns
 
 BATCH = 8
 SAMPLES = 60
@@ -53,8 +54,7 @@ def helpers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         require(transfer._c_columns_of is not None,
                 "the loader was installed without its C extensions")
     else:
-        for name in ("_c_columns_of", "_c_all_distinct", "_c_dicts_of"):
-            monkeypatch.setattr(transfer, name, None)
+        python_columns(monkeypatch)
     return request.param
 
 

@@ -5,12 +5,13 @@ Py1eNodeWindow`, by another route. A sample's position ``slot + shift`` lies wit
 its slot, so the samples with positions in a band ``[a, b)`` all come from the spans whose
 position range meets the band. :func:`collect_band` (compiled, see ``_shuffle_draws.c``)
 regenerates those spans from the replay's snapshots, shuffles and shifts included, and keeps only
-the band's samples; sorting them gives ranks ``rank(a) ..`` in order. Nothing is held between
-bands but the output.
+the band's samples, and counts those below ``a``; sorting the band gives ranks ``rank(a) ..`` in
+order. Nothing is held between bands but the output.
 
 What this buys is a first answer in time proportional to the spans around the wanted rank, not
 to a sorted window of ``3 * reach`` samples: a band can be as narrow as the first chunk, and a
-resume places ``a`` by counting positions (shifts only, no shuffles). Bands then widen to
+resume starts with a band a little below the wanted rank, whose own pass counts where it stands
+(a second band only in the rare case that it started too high). Bands then widen to
 ``2 * reach``, where regenerating the straddling spans costs about as much per sample as the
 window's masking did.
 """
@@ -21,8 +22,8 @@ import math
 
 import numpy as np
 
-from mdsloader.ordering.arrays import segment_starts
 from mdsloader.ordering.py1e_stream import (
+    NodeSpans,
     Py1eNodeWindow,
     Py1eReplay,
     _sorted_by_position,
@@ -71,25 +72,18 @@ class Py1eBandWindow:
     def __init__(self, replay: Py1eReplay, node: int) -> None:
         if collect_band is None:
             raise RuntimeError("mdsloader.ordering._shuffle_draws is not built")
-        lo, hi = int(replay.node_spans[node]), int(replay.node_spans[node + 1])
+        spans = NodeSpans.of(replay, node)
+        lo, hi = spans.first, spans.first + len(spans.sizes)
         self._inc = replay.shuffles.inc
         self._shuffles = (replay.shuffles.high[lo:hi], replay.shuffles.low[lo:hi],
                           replay.shuffles.has_half[lo:hi], replay.shuffles.half[lo:hi])
         self._shifts = (replay.shifts.high[lo:hi], replay.shifts.low[lo:hi])
-        self._begins = np.ascontiguousarray(replay.begins[lo:hi], np.int64)
-        self._sizes = np.ascontiguousarray(replay.sizes[lo:hi], np.int64)
-        self._slots = np.ascontiguousarray(segment_starts(self._sizes), np.int64)
-        self._lower = np.ascontiguousarray(replay.lower[lo:hi], np.float64)
-        self._upper = np.ascontiguousarray(replay.upper[lo:hi], np.float64)
-        self.size = int(replay.node_bounds[node + 1] - replay.node_bounds[node])
-        self.reach = float(max(-self._lower.min(initial=0.0), self._upper.max(initial=0.0), 0.0))
-        # Exact position bounds per span, made monotone: spans before first_undecided(a) lie
-        # wholly below a, spans from cover(b) on wholly at or above b.
-        empty = self._sizes == 0
-        earliest = np.where(empty, np.inf, self._slots + self._lower)
-        latest = np.where(empty, -np.inf, self._slots + self._sizes - 1 + self._upper)
-        self._floor = np.minimum.accumulate(earliest[::-1])[::-1].copy()
-        self._ceiling = np.maximum.accumulate(latest)
+        self._begins, self._sizes, self._slots = spans.begins, spans.sizes, spans.slots
+        self._lower, self._upper = spans.lower, spans.upper
+        self.size, self.reach = spans.size, spans.reach
+        # Spans before first_undecided(a) lie wholly below a, spans from cover(b) on wholly at
+        # or above b.
+        self._floor, self._ceiling = spans.floor, spans.ceiling
         self._slot_list = self._slots.tolist()
         self._widest = max(math.ceil(2 * self.reach), _MIN_WIDEST)
         self._start(0.0, 0)

@@ -116,6 +116,60 @@ def replay_py1e(pieces: Pieces, seed: int, epoch: int, block_size: int) -> Py1eR
                       shuffles, shifts, lower, upper, clipped)
 
 
+@dataclass(slots=True)
+class NodeSpans:
+    """One canonical node's spans, in its shuffled order, and where their samples can sort.
+
+    Attributes:
+        first: Index of the node's first span in the replay.
+        begins: First (big) sample id of each span.
+        sizes: Samples of each span.
+        slots: Node-local slot of each span's first sample.
+        lower: Lower bound of each span's shifts.
+        upper: Upper bound of each span's shifts.
+        size: Samples of the node.
+        reach: No shift goes further: samples of slots >= S sit at or after S - reach.
+        floor: The earliest position any sample of spans j.. can take (non-decreasing in j).
+        ceiling: The latest position any sample of spans ..j can take (non-decreasing in j).
+            Both are exact bounds, tighter than ``slot -+ reach``.
+    """
+
+    first: int
+    begins: np.ndarray
+    sizes: np.ndarray
+    slots: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    size: int
+    reach: float
+    floor: np.ndarray
+    ceiling: np.ndarray
+
+    @classmethod
+    def of(cls, replay: Py1eReplay, node: int) -> NodeSpans:
+        """Node ``node`` of ``replay``."""
+        lo, hi = int(replay.node_spans[node]), int(replay.node_spans[node + 1])
+        sizes = np.ascontiguousarray(replay.sizes[lo:hi], np.int64)
+        slots = np.ascontiguousarray(segment_starts(sizes), np.int64)
+        lower = np.ascontiguousarray(replay.lower[lo:hi], np.float64)
+        upper = np.ascontiguousarray(replay.upper[lo:hi], np.float64)
+        empty = sizes == 0
+        earliest = np.where(empty, np.inf, slots + lower)
+        latest = np.where(empty, -np.inf, slots + sizes - 1 + upper)
+        return cls(
+            first=lo,
+            begins=np.ascontiguousarray(replay.begins[lo:hi], np.int64),
+            sizes=sizes,
+            slots=slots,
+            lower=lower,
+            upper=upper,
+            size=int(replay.node_bounds[node + 1] - replay.node_bounds[node]),
+            reach=float(max(-lower.min(initial=0.0), upper.max(initial=0.0), 0.0)),
+            floor=np.minimum.accumulate(earliest[::-1])[::-1].copy(),
+            ceiling=np.maximum.accumulate(latest),
+        )
+
+
 class Py1eNodeWindow:
     """The sorted order of one canonical node, produced front to back (``take`` any range).
 
@@ -128,26 +182,16 @@ class Py1eNodeWindow:
     """
 
     def __init__(self, replay: Py1eReplay, node: int) -> None:
-        lo, hi = int(replay.node_spans[node]), int(replay.node_spans[node + 1])
+        spans = NodeSpans.of(replay, node)
         self._replay = replay
-        self._first_span = lo
-        self._begins = replay.begins[lo:hi].tolist()
-        self._sizes = replay.sizes[lo:hi]
-        self._slots = segment_starts(self._sizes)
+        self._first_span = spans.first
+        self._begins = spans.begins.tolist()
+        self._sizes, self._slots = spans.sizes, spans.slots
         self._size_list = self._sizes.tolist()
         self._slot_list = self._slots.tolist()
-        self.size = int(replay.node_bounds[node + 1] - replay.node_bounds[node])
-        lower, upper = replay.lower[lo:hi], replay.upper[lo:hi]
-        self._lower, self._upper = lower.tolist(), upper.tolist()
-        # No shift reaches further than this: samples of slots >= S sit at or after S - reach.
-        self.reach = float(max(-lower.min(initial=0.0), upper.max(initial=0.0), 0.0))
-        # The earliest position any sample of spans j.. can take (non-decreasing in j), and the
-        # latest of spans ..j: exact bounds, tighter than ``slot -+ reach``.
-        empty = self._sizes == 0
-        earliest = np.where(empty, np.inf, self._slots + lower)
-        latest = np.where(empty, -np.inf, self._slots + self._sizes - 1 + upper)
-        self._floor = np.minimum.accumulate(earliest[::-1])[::-1].copy()
-        self._ceiling = np.maximum.accumulate(latest)
+        self.size, self.reach = spans.size, spans.reach
+        self._lower, self._upper = spans.lower.tolist(), spans.upper.tolist()
+        self._floor, self._ceiling = spans.floor, spans.ceiling
         self._step = max(math.ceil(self.reach), _MIN_STEP)
         self._rng = np.random.Generator(np.random.PCG64())
         widest = int(self._sizes.max(initial=0))
